@@ -1,0 +1,7 @@
+from cl.approaches.base import ContinualApproach
+from cl.approaches.independent import Independent
+from cl.approaches.joint import Joint
+from cl.approaches.sgd import SGD
+from cl.approaches.sgd_frozen import SGDFrozen
+
+__all__ = ["ContinualApproach", "SGD", "SGDFrozen", "Joint", "Independent"]

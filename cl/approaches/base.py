@@ -1,0 +1,146 @@
+"""The approach API: every continual-learning method is a LightningModule built on `ContinualApproach`.
+
+What a new approach overrides (all optional):
+- `on_train_start` / `on_train_end`: task-start and task-end work (Lightning hooks; `self.task_id` is the task).
+  The task loop runs a fresh `Trainer.fit` per task, so these run once per task, after the schedule callback has
+  restored the best-validation weights.
+- `penalty()`: a regularizer added to the task loss (EWC, MAS, SI, ...).
+- `training_loss(x, y, task)`: the whole per-batch loss, for methods that change more than a penalty.
+- `train_sources(data, t)` / `valid_sources(data, t)`: what to train and validate on for task t (joint training
+  uses every task so far; replay methods add memories).
+- `forward(x, task)`: logits used for training and evaluation (e.g. `independent` swaps in its per-task trunk).
+- `on_after_optimizer_step()`: work after every optimizer step (e.g. BLIP's projection), kept out of the loop.
+- `approach_info()`: a JSON-able dict stored in `results.json` under `approach_info`.
+Per-parameter state that must survive checkpoints belongs in registered buffers (state_dict carries them).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from cl.errors import TrainingError
+from cl.models.network import TaskNetwork
+from data.tensor_loader import BatchSource, TaskBatches
+
+if TYPE_CHECKING:
+    from cl.task_data import DeviceStream
+
+
+class ContinualApproach(pl.LightningModule):
+    def __init__(self, net: TaskNetwork, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 batch_size: int = 64, eval_batch_size: int = 1000, name: str | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.name = name or type(self).__name__.lower()
+        self.n_tasks = 0
+        self.lr = lr
+        self.task_id = 0
+        self.step_offset = 0  # optimizer steps of earlier tasks: logger steps keep increasing across tasks
+        self._loss_sum: torch.Tensor | None = None
+        self._n_batches = 0
+
+    def setup_stream(self, stream) -> None:
+        """Called once, before any training, with the whole stream (task count, classes, input shape).
+        Raise `ConfigError` here for a stream/model/approach combination that cannot work."""
+        self.n_tasks = len(stream)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cl_task_id"] = self.task_id
+        checkpoint["cl_step_offset"] = self.step_offset + self.trainer.global_step
+
+    # --- data: what each task trains and validates on ------------------------------------------------------
+    def train_sources(self, data: "DeviceStream", t: int) -> list[BatchSource]:
+        return [data.source(t, "train")]
+
+    def valid_sources(self, data: "DeviceStream", t: int) -> list[BatchSource]:
+        return [data.source(t, "valid")]
+
+    # --- model ------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        return self.net(x, task)
+
+    def penalty(self) -> torch.Tensor | float:
+        return 0.0
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(x, task), y) + self.penalty()
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        # a new Trainer per task re-creates the optimizer at every task start, as the official BLIP/HAT code does
+        return torch.optim.SGD(self.trainable_parameters(), lr=self.lr, momentum=self.hparams.momentum,
+                               weight_decay=self.hparams.weight_decay)
+
+    # --- Lightning steps --------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y, task = batch
+        loss = self.training_loss(x, y, task)
+        detached = loss.detach()  # summed on the device: no host sync per step
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        self._n_batches += 1
+        return loss
+
+    def on_train_epoch_start(self):
+        self._loss_sum, self._n_batches = None, 0
+
+    def validation_step(self, batch, batch_idx):
+        x, y, task = batch
+        logits = self(x, task)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, logger=False,
+                 batch_size=len(y), sync_dist=True)
+        self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, logger=False,
+                 batch_size=len(y), sync_dist=True)
+
+    def on_train_epoch_end(self):
+        if self._n_batches == 0:
+            return
+        train_loss = float(self._loss_sum) / self._n_batches
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise TrainingError(
+                f"the training loss became {train_loss} in task {self.task_id} (epoch {self.current_epoch}); "
+                f"lower approach.lr (now {self.lr:g}) or the approach's regularization strength")
+        self.log("train/loss", train_loss, prog_bar=True, logger=False)
+        metrics = {"train/loss": train_loss, "task": self.task_id, "epoch": self.current_epoch,
+                   "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
+        for key in ("val/loss", "val/acc"):
+            if key in self.trainer.callback_metrics:
+                metrics[key] = float(self.trainer.callback_metrics[key])
+        self.log_to_loggers(metrics)
+
+    # --- helpers for the loop ---------------------------------------------------------------------------------
+    @property
+    def logger_step(self) -> int:
+        return self.step_offset + (self.trainer.global_step if self._trainer is not None else 0)
+
+    def log_to_loggers(self, metrics: dict, step: int | None = None):
+        """Log straight to the Trainer's loggers with a step that keeps growing across tasks (each task has its
+        own Trainer, whose global_step restarts at 0). Loggers are rank-zero only."""
+        if self._trainer is None:
+            return
+        for lg in self.trainer.loggers:
+            lg.log_metrics(metrics, step=self.logger_step if step is None else step)
+
+    @torch.no_grad()
+    def accuracy(self, source: BatchSource) -> float:
+        was_training = self.training
+        self.eval()
+        correct = torch.zeros((), dtype=torch.long, device=source.x.device)
+        for x, y, task in TaskBatches([source], self.hparams.eval_batch_size):
+            correct += (self(x, task).argmax(1) == y).sum()
+        self.train(was_training)
+        return int(correct) / len(source.y)
+
+    def approach_info(self) -> dict:
+        return {}
+
+    def cl_state_bytes(self) -> int:
+        """Bytes the approach keeps beyond the network itself (importances, anchors, memories, bit counts)."""
+        net_tensors = {id(t) for t in list(self.net.parameters()) + list(self.net.buffers())}
+        return sum(t.numel() * t.element_size() for t in list(self.parameters()) + list(self.buffers())
+                   if id(t) not in net_tensors)

@@ -1,0 +1,57 @@
+"""A shared trunk plus task heads: one head per task (task-incremental, the BLIP/HAT setting) or one shared head
+(domain-/class-incremental, e.g. BCL's permuted MNIST).
+
+Trunks are built from config as partials that take the stream's `input_shape` and expose `out_dim`; every
+approach treats `net.trunk` as the shared part and `net.heads` as the per-task part.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from cl.errors import ConfigError
+
+HEAD_MODES = ("multi", "shared")
+
+
+class TaskNetwork(nn.Module):
+    def __init__(self, trunk: Callable[..., nn.Module], input_shape: Sequence[int], task_classes: Sequence[int],
+                 head: str = "multi", n_shared_classes: int | None = None, name: str = "model"):
+        super().__init__()
+        self.name = name
+        if head not in HEAD_MODES:
+            raise ConfigError(f"model.head={head!r} is not one of {HEAD_MODES}; use model.head=multi or model.head=shared")
+        self.input_shape = tuple(input_shape)
+        self.head_mode = head
+        self.trunk = trunk(input_shape=self.input_shape)
+        out_dim = self.trunk.out_dim
+        if head == "multi":
+            self.heads = nn.ModuleList(nn.Linear(out_dim, n) for n in task_classes)
+        else:
+            n = n_shared_classes if n_shared_classes is not None else max(task_classes)
+            self.heads = nn.ModuleList([nn.Linear(out_dim, n)])
+
+    @property
+    def multi_head(self) -> bool:
+        return self.head_mode == "multi"
+
+    def head_for(self, task: int) -> nn.Linear:
+        return self.heads[task] if self.multi_head else self.heads[0]
+
+    def forward(self, x: torch.Tensor, task: int | torch.Tensor, trunk: nn.Module | None = None) -> torch.Tensor:
+        """Logits of the head(s) of `task` (an int, or one task id per sample). `trunk` swaps in another trunk
+        with the same shapes (used by approaches that keep several, e.g. `independent`)."""
+        h = (trunk or self.trunk)(x)
+        if isinstance(task, int) or not self.multi_head:
+            return self.head_for(int(task) if isinstance(task, int) else 0)(h)
+        # a batch mixing tasks: each sample goes through its own task's head; heads may differ in width,
+        # so logits are padded with -inf to the widest head (cross-entropy and argmax ignore the padding)
+        width = max(self.heads[t].out_features for t in task.unique().tolist())
+        out = h.new_full((len(h), width), float("-inf"))
+        for t in task.unique().tolist():
+            m = task == t
+            logits = self.heads[t](h[m])
+            out[m, : logits.shape[1]] = logits
+        return out

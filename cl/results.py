@@ -1,0 +1,118 @@
+"""The run's result files, rewritten atomically after every task: results.json (the contract other parts read),
+acc_matrix.csv and acc_matrix.png."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cl.metrics import all_metrics
+
+RESULTS_FILE = "results.json"
+
+
+def atomic_write(path: Path, data: bytes | str):
+    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def build_results(*, stream: str, approach: str, model: str, seed: int, task_names: list[str],
+                  acc_rows: list[list[float]], random_init_acc: list[float], time_s: dict, memory: dict,
+                  approach_info: dict, config: dict) -> dict:
+    """`acc_matrix` holds one row per finished task (all T columns); metrics cover the finished tasks."""
+    k = len(acc_rows)
+    metrics = all_metrics(np.asarray(acc_rows)[:, :k], random_init_acc[:k]) if k else {}
+    return {"stream": stream, "approach": approach, "model": model, "seed": seed, "task_names": task_names,
+            "acc_matrix": acc_rows, "random_init_acc": random_init_acc, "metrics": metrics, "time_s": time_s,
+            "memory": memory, "approach_info": approach_info, "config": config,
+            "tasks_done": k, "complete": k == len(task_names)}
+
+
+def write_results(run_dir: Path, results: dict):
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / RESULTS_FILE, json.dumps(results, indent=2))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["after_task"] + results["task_names"])
+    w.writerow(["random_init"] + [f"{a:.6f}" for a in results["random_init_acc"]])
+    for name, row in zip(results["task_names"], results["acc_matrix"]):
+        w.writerow([name] + [f"{a:.6f}" for a in row])
+    atomic_write(run_dir / "acc_matrix.csv", buf.getvalue())
+    atomic_write(run_dir / "acc_matrix.png", acc_matrix_png(results))
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def acc_matrix_png(results: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = results["task_names"]
+    T = len(names)
+    R = np.full((T, T), np.nan)
+    for i, row in enumerate(results["acc_matrix"]):
+        R[i] = row
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * T, 0.8 + 0.6 * T), dpi=100)
+    im = ax.imshow(100 * R, vmin=0, vmax=100, cmap="viridis")
+    for i in range(T):
+        for j in range(T):
+            if not np.isnan(R[i, j]):
+                ax.text(j, i, f"{100 * R[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if R[i, j] < 0.6 else "black")
+    ax.set_xticks(range(T), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(T), names, fontsize=8)
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("after training task")
+    m = results["metrics"]
+    title = f"{results['approach']} on {results['stream']}"
+    if m:
+        title += f"\nACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f} pp"
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def format_table(results: dict) -> str:
+    """The accuracy matrix and the metrics as plain-text tables (printed at the end of a run)."""
+    names = results["task_names"]
+    w = max(8, max(len(n) for n in names) + 1)
+    lines = ["accuracy (%) — rows: after training task, columns: evaluated on task",
+             " " * w + "".join(f"{n:>{w}}" for n in names),
+             f"{'random':<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in results["random_init_acc"])]
+    for name, row in zip(names, results["acc_matrix"]):
+        lines.append(f"{name:<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in row))
+    m = results["metrics"]
+    labels = {"acc": "ACC (%)", "bwt": "BWT, GEM ÷(T-1) (pp)", "bwt_blip": "BWT, BLIP ÷T (pp)",
+              "fwt": "FWT vs random init (pp)", "forgetting": "forgetting (pp)", "la": "LA (%)"}
+    lines.append("")
+    lines.append(f"{'metric':<26}{'value':>10}")
+    for key, label in labels.items():
+        if key in m:
+            lines.append(f"{label:<26}{100 * m[key]:>10.2f}")
+    t = results["time_s"]
+    lines.append(f"{'time (s)':<26}{t['total']:>10.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The HAT/BLIP training schedule as a callback: model selection on validation loss, lr ÷ lr_factor after
+lr_patience epochs without improvement, stop once lr < lr_min, restore the best weights at task end."""
+from __future__ import annotations
+
+import math
+
+from pytorch_lightning import Callback
+
+from cl.errors import ConfigError
+
+
+class PatienceSchedule(Callback):
+    def __init__(self, lr_patience: int = 5, lr_factor: float = 3.0, lr_min: float = 1e-4, monitor: str = "val/loss"):
+        if lr_patience < 1 or lr_factor <= 1 or lr_min <= 0:
+            raise ConfigError(f"schedule needs lr_patience >= 1, lr_factor > 1, lr_min > 0 "
+                              f"(got {lr_patience}, {lr_factor}, {lr_min})")
+        self.lr_patience, self.lr_factor, self.lr_min, self.monitor = lr_patience, lr_factor, lr_min, monitor
+
+    def on_fit_start(self, trainer, pl_module):
+        self.best = math.inf
+        self.best_state = None
+        self.patience = self.lr_patience
+        self.lr = pl_module.lr
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        loss = float(trainer.callback_metrics[self.monitor])
+        if loss < self.best:
+            self.best, self.patience = loss, self.lr_patience
+            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            return
+        self.patience -= 1
+        if self.patience > 0:
+            return
+        self.lr /= self.lr_factor
+        self.patience = self.lr_patience
+        if self.lr < self.lr_min:
+            trainer.should_stop = True
+            return
+        for opt in trainer.optimizers:  # as the official code: a fresh optimizer at the new learning rate
+            opt.state.clear()
+            for group in opt.param_groups:
+                group["lr"] = self.lr
+
+    def on_train_end(self, trainer, pl_module):
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)

@@ -1,0 +1,94 @@
+"""What a continual-learning stream is: an ordered list of tasks, each with train/valid/test splits.
+
+Images are kept compact (uint8 where the source is uint8) and turned into normalized float batches by an
+`InputTransform` on the training device, one vectorized op per batch; no per-sample Python in the hot loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class InputTransform:
+    """uint8 → [0, 1] float, per-channel normalization, optional fixed pixel permutation (permuted MNIST)."""
+
+    mean: Sequence[float] = (0.0,)
+    std: Sequence[float] = (1.0,)
+    permutation: torch.Tensor | None = None  # indices into the flattened image
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        if self.permutation is not None:
+            perm = self.permutation.to(x.device)
+            x = x.flatten(1).index_select(1, perm).view(x.shape)
+        if any(m != 0.0 for m in self.mean) or any(s != 1.0 for s in self.std):
+            # broadcast per channel for [N, C, H, W]; a single value for flat or 1-channel data
+            shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,)
+            mean = torch.tensor(self.mean, device=x.device).view(shape)
+            std = torch.tensor(self.std, device=x.device).view(shape)
+            x = (x - mean) / std
+        return x
+
+
+@dataclass
+class Split:
+    """Inputs `x` ([N, *input_shape], uint8 or float) and local labels `y` (int64 in [0, n_classes))."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Task:
+    name: str
+    classes: list[int]  # global class id of each local label
+    train: Split
+    valid: Split
+    test: Split
+    transform: InputTransform = field(default_factory=InputTransform)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Stream:
+    name: str
+    tasks: list[Task]
+    input_shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def n_global_classes(self) -> int:
+        return 1 + max(c for t in self.tasks for c in t.classes)
+
+
+def split_valid(train: Split, pc_valid: float, valid_from_train: bool, generator: torch.Generator) -> tuple[Split, Split]:
+    """Carve a validation split off `train`.
+
+    `valid_from_train=True` reproduces the official BLIP/HAT MNIST protocol, where validation is a copy of the
+    whole training set (so model selection runs on training loss)."""
+    if valid_from_train:
+        return train, train
+    if not 0.0 < pc_valid < 1.0:
+        raise ValueError(f"pc_valid must be in (0, 1), got {pc_valid}")
+    perm = torch.randperm(len(train), generator=generator)
+    n_valid = max(1, int(round(pc_valid * len(train))))
+    v, t = perm[:n_valid].sort().values, perm[n_valid:].sort().values
+    return Split(train.x[t], train.y[t]), Split(train.x[v], train.y[v])
