@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
         err = first_cl_error(e)
         if err is None:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"\nerror: {err}", file=sys.stderr)  # on its own line, after any progress bar
         sys.exit(1)
 
 

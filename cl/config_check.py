@@ -50,20 +50,19 @@ def _accepts(hint, value) -> bool | None:
 
 
 def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 def check_node(node: DictConfig, path: str):
     """Recursively check every `_target_` node: unknown options and wrongly typed values."""
     if "_target_" in node:
         try:
-            target = hydra.utils.get_class(node._target_) if "." in node._target_ else None
-        except Exception:
-            try:
-                target = hydra.utils.get_method(node._target_)
-            except Exception as e:
-                raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({e})") from None
-        if target is not None:
+            target = hydra.utils.get_object(node._target_)
+        except Exception as e:
+            raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({e})") from None
+        if callable(target):
             sig = inspect.signature(target)
             has_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
             hints = _type_hints(target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 # a Trainer per task: keep Lightning's per-fit banners (accelerator, "max_epochs reached") out of the output
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# approaches log once per epoch (see ContinualApproach.log_to_loggers), not every n steps
+warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -39,6 +42,12 @@ def instantiate_all(section: DictConfig | None) -> list:
     if not section:
         return []
     return [hydra.utils.instantiate(c) for c in section.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def config_dict(cfg: DictConfig) -> dict:
+    """The resolved experiment config as plain data (without Hydra's own node, which tests compose in)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+            for k in cfg if k != "hydra"}
 
 
 def build(cfg: DictConfig) -> tuple[Stream, ContinualApproach]:
@@ -93,7 +102,7 @@ def run(cfg: DictConfig) -> dict:
         approach.to(data.device)
         random_init = evaluate_row()
         for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_hyperparams(config_dict(cfg))
 
     names = [t.name for t in stream.tasks]
     for t in range(start, T):
@@ -119,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
             stream=stream.name, approach=approach.name, model=approach.net.name, seed=cfg.seed, task_names=names, acc_rows=acc_rows,
             random_init_acc=random_init, time_s=times,
             memory={"params": sum(p.numel() for p in approach.net.parameters()), "cl_state_bytes": cl_state},
-            approach_info=approach.approach_info(), config=OmegaConf.to_container(cfg, resolve=True))
+            approach_info=approach.approach_info(), config=config_dict(cfg))
         if trainer.is_global_zero:
             write_results(run_dir, results)
         log_task_end(approach, loggers, results, t, step_offset)

@@ -1,5 +1,6 @@
 """A tqdm progress bar that says which task of the stream is training (one bar per epoch, no validation bars)."""
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 
 class TaskProgressBar(TQDMProgressBar):
@@ -9,6 +10,4 @@ class TaskProgressBar(TQDMProgressBar):
             f"task {pl_module.task_id + 1}/{pl_module.n_tasks} epoch {trainer.current_epoch}")
 
     def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        return Tqdm(disable=True)

@@ -96,7 +96,7 @@ def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed:
 def rotate(images: torch.Tensor, degrees: float, mode: str = "nearest") -> torch.Tensor:
     """Rotate uint8 images [N, 1, H, W] counter-clockwise about the centre, keeping the size (as PIL's
     `Image.rotate`, whose default resampling is nearest, which GEM used); outside pixels are 0."""
-    a = math.radians(degrees)
+    a = -math.radians(degrees)  # affine_grid maps output to input pixels, and image rows point down
     theta = torch.tensor([[math.cos(a), math.sin(a), 0.0], [-math.sin(a), math.cos(a), 0.0]])
     grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
     out = F.grid_sample(images.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)

@@ -1,0 +1,47 @@
+"""Shared test helpers: compose the project's Hydra config and run the real pipeline in a temp run dir."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+# real MNIST shipped beside the project (tests and benchmarks read it; CI has it at ../shared/data)
+SHARED_DATA = Path(os.environ.get("CL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The config `python train.py <overrides>` would get, with its run dir at `run_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} interpolations resolve as in a real run
+    return cfg
+
+
+def run_pipeline(overrides: list[str], run_dir: Path) -> dict:
+    from cl.pipeline import run
+
+    return run(compose_config(overrides, run_dir))
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 300):
+    """Run `python train.py args` in a subprocess (for messages and exit codes as a user sees them)."""
+    full_env = {**os.environ, "CL_DATA_DIR": str(SHARED_DATA), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    if not (SHARED_DATA / "mnist").exists():
+        pytest.skip(f"real MNIST not found in {SHARED_DATA}/mnist")
+    return SHARED_DATA
