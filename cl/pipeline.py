@@ -136,9 +136,21 @@ def run(cfg: DictConfig) -> dict:
     results = read_results(run_dir) if start == T else results
     if rank_zero_only.rank == 0:
         print(f"\n{format_table(results)}\nresults: {run_dir / 'results.json'}", flush=True)
+    log_run_end(loggers, results, run_dir)
     for lg in loggers:
         lg.finalize("success")
     return results
+
+
+@rank_zero_only
+def log_run_end(loggers: list, results: dict, run_dir: Path):
+    """W&B also gets the final metrics as the run summary and the accuracy heatmap as an image."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update({f"cl/{k}": v for k, v in results["metrics"].items()})
+            lg.log_image("acc_matrix", [str(run_dir / "acc_matrix.png")])
 
 
 @rank_zero_only

@@ -3,34 +3,49 @@ from __future__ import annotations
 
 import torch
 
-from data.stream import Stream
+from data.stream import InputTransform, Stream
 from data.tensor_loader import BatchSource
 
 SPLITS = ("train", "valid", "test")
 
 
 class DeviceStream:
-    """Moves each tensor to `device` once (tasks that share a tensor, e.g. permuted MNIST, share the copy) and
-    serves labels as the head expects them: local per task (multi-head) or global class ids (shared head)."""
+    """Moves each tensor to `device` once, normalized to float there when it fits in `max_float_bytes` (then a
+    batch costs one gather; tasks sharing images, e.g. permuted MNIST, share the copy and only permute per
+    batch), and serves labels as the head expects them: local per task (multi-head) or global class ids (shared
+    head)."""
 
-    def __init__(self, stream: Stream, device: torch.device | str, shared_head: bool):
+    def __init__(self, stream: Stream, device: torch.device | str, shared_head: bool, max_float_bytes: int = 4 << 30):
         self.stream = stream
         self.device = torch.device(device)
         self.shared_head = shared_head
-        self._on_device: dict[int, torch.Tensor] = {}
+        self.max_float_bytes = max_float_bytes
+        self._on_device: dict[tuple, torch.Tensor] = {}
 
-    def _move(self, t: torch.Tensor) -> torch.Tensor:
-        key = id(t)
+    def _cached(self, key: tuple, make) -> torch.Tensor:
+        # keys start with id() of a tensor the stream holds for its whole life, so ids are never reused
         if key not in self._on_device:
-            self._on_device[key] = t.to(self.device)
+            self._on_device[key] = make()
         return self._on_device[key]
+
+    def _inputs(self, x, transform: InputTransform):
+        """The inputs as stored on the device, and the transform still to apply per batch."""
+        if not isinstance(x, torch.Tensor):  # e.g. images streamed from a disk cache
+            return x, transform
+        if x.numel() * 4 > self.max_float_bytes:
+            return self._cached((id(x),), lambda: x.to(self.device)), transform
+        key = (id(x), "normalized", tuple(transform.mean), tuple(transform.std))
+        return self._cached(key, lambda: transform.normalize(x.to(self.device))), transform.permute
 
     def source(self, t: int, split: str) -> BatchSource:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         task = self.stream.tasks[t]
         s = getattr(task, split)
-        y = s.y
         if self.shared_head:
-            y = torch.as_tensor(task.classes, dtype=torch.long)[y]
-        return BatchSource(self._move(s.x), self._move(y) if self.shared_head else self._move(s.y), t, task.transform)
+            y = self._cached((id(s.y), "global", t),
+                             lambda: torch.as_tensor(task.classes, dtype=torch.long)[s.y].to(self.device))
+        else:
+            y = self._cached((id(s.y),), lambda: s.y.to(self.device))
+        x, transform = self._inputs(s.x, task.transform)
+        return BatchSource(x, y, t, transform)

@@ -13,17 +13,15 @@ import torch
 
 @dataclass
 class InputTransform:
-    """uint8 → [0, 1] float, per-channel normalization, optional fixed pixel permutation (permuted MNIST)."""
+    """uint8 → [0, 1] float and per-channel normalization, then an optional fixed pixel permutation (permuted
+    MNIST). `normalize` can run once over a whole in-memory dataset; `permute` runs per batch."""
 
     mean: Sequence[float] = (0.0,)
     std: Sequence[float] = (1.0,)
     permutation: torch.Tensor | None = None  # indices into the flattened image
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.permutation is not None:
-            perm = self.permutation.to(x.device)
-            x = x.flatten(1).index_select(1, perm).view(x.shape)
         if any(m != 0.0 for m in self.mean) or any(s != 1.0 for s in self.std):
             # broadcast per channel for [N, C, H, W]; a single value for flat or 1-channel data
             shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,)
@@ -31,6 +29,15 @@ class InputTransform:
             std = torch.tensor(self.std, device=x.device).view(shape)
             x = (x - mean) / std
         return x
+
+    def permute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.permutation is None:
+            return x
+        perm = self.permutation.to(x.device)
+        return x.flatten(1).index_select(1, perm).view(x.shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.permute(self.normalize(x))
 
 
 @dataclass

@@ -26,7 +26,7 @@ def test_every_config_composes(group, option, tmp_path):
 
 
 def test_default_run_writes_the_results_contract(tmp_path):
-    results = run_pipeline(["trainer.max_epochs=2"], tmp_path)
+    results = run_pipeline(["approach=sgd", "trainer.max_epochs=2"], tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert RESULT_KEYS <= set(on_disk)
     assert on_disk["stream"] == "digits5" and on_disk["seed"] == 0
@@ -75,12 +75,12 @@ def test_sgd_frozen_keeps_the_trunk_after_task_one(tmp_path):
 
 
 def test_shared_head_runs_domain_incremental(tmp_path):
-    results = run_pipeline(["model.head=shared", "debug=default"], tmp_path)
+    results = run_pipeline(["approach=sgd", "model.head=shared", "debug=default"], tmp_path)
     assert results["complete"]
 
 
 def test_hat_schedule_restores_and_stops(tmp_path):
-    results = run_pipeline(["callbacks=hat_schedule", "callbacks.lr_schedule.lr_patience=1", "trainer.max_epochs=30",
+    results = run_pipeline(["approach=sgd", "callbacks=hat_schedule", "callbacks.lr_schedule.lr_patience=1", "trainer.max_epochs=30",
                             "approach.lr=0.5"], tmp_path)
     assert results["complete"]
 
@@ -138,8 +138,20 @@ def test_resume_uses_the_saved_config(tmp_path, monkeypatch):
 
 def test_mnist_streams_run_on_real_mnist(mnist_dir, tmp_path):
     for stream in ("mnist5", "pmnist", "rotmnist"):
-        results = run_pipeline([f"stream={stream}", f"paths.data_dir={mnist_dir}", "debug=default",
+        results = run_pipeline([f"stream={stream}", f"paths.data_dir={mnist_dir}", "debug=default", "approach=sgd",
                                 "stream.n_tasks=3" if stream != "mnist5" else "stream.pc_valid=0.1"],
                                tmp_path / stream)
         assert results["complete"]
         assert results["stream"] == stream
+
+
+def test_loggers_get_the_numbers(tmp_path, monkeypatch):
+    """csv, TensorBoard and W&B (offline without an API key) all receive the run."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_pipeline(["approach=sgd", "logger=many", "debug=default"], tmp_path)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "cl/acc", "acc/0-1"} <= set(header)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -8,6 +8,7 @@ What a new approach overrides (all optional):
 - `training_loss(x, y, task)`: the whole per-batch loss, for methods that change more than a penalty.
 - `train_sources(data, t)` / `valid_sources(data, t)`: what to train and validate on for task t (joint training
   uses every task so far; replay methods add memories).
+- `trainable_parameters()` / `trained_tasks()`: what task t trains; the rest is frozen for the task.
 - `forward(x, task)`: logits used for training and evaluation (e.g. `independent` swaps in its per-task trunk).
 - `on_after_optimizer_step()`: work after every optimizer step (e.g. BLIP's projection), kept out of the loop.
 - `approach_info()`: a JSON-able dict stored in `results.json` under `approach_info`.
@@ -69,8 +70,21 @@ class ContinualApproach(pl.LightningModule):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(x, task), y) + self.penalty()
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
+    def trained_tasks(self) -> list[int]:
+        """Tasks whose heads this task trains."""
+        return [self.task_id]
+
+    def trainable_parameters(self) -> list:
+        """What this task trains: the trunk and the heads of `trained_tasks()`."""
+        heads = {id(h): h for h in (self.net.head_for(t) for t in self.trained_tasks())}.values()
+        return list(self.net.trunk.parameters()) + [p for h in heads for p in h.parameters()]
+
+    def setup(self, stage: str):
+        # freeze everything this task does not train before the strategy wraps the module: DDP then neither
+        # waits for gradients of other tasks' heads nor syncs them, and the optimizer only sees what trains
+        self.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
 
     def configure_optimizers(self):
         # a new Trainer per task re-creates the optimizer at every task start, as the official BLIP/HAT code does

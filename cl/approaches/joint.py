@@ -3,6 +3,9 @@ from cl.approaches.base import ContinualApproach
 
 
 class Joint(ContinualApproach):
+    def trained_tasks(self):
+        return list(range(self.task_id + 1))
+
     def train_sources(self, data, t):
         return [data.source(u, "train") for u in range(t + 1)]
 

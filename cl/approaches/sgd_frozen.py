@@ -3,5 +3,6 @@ from cl.approaches.base import ContinualApproach
 
 
 class SGDFrozen(ContinualApproach):
-    def on_train_start(self):
-        self.net.trunk.requires_grad_(self.task_id == 0)
+    def trainable_parameters(self):
+        head = list(self.net.head_for(self.task_id).parameters())
+        return list(self.net.trunk.parameters()) + head if self.task_id == 0 else head
