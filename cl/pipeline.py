@@ -29,6 +29,8 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 # approaches log once per epoch (see ContinualApproach.log_to_loggers), not every n steps
 warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
+# emitted by Lightning itself under torch 2.13, once per Trainer; nothing a user can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 CHECKPOINT_DIR = "checkpoints"
 
 

@@ -73,21 +73,26 @@ def split_mnist(data_dir: str, name: str = "mnist5",
 
 
 def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed: int = 0,
-                   first_unpermuted: bool = False, pc_valid: float = 0.1, valid_from_train: bool = False,
-                   download: bool = True) -> Stream:
-    """Permuted MNIST: every task is full MNIST (10-way) under its own fixed pixel permutation, drawn from
-    (seed, task position) — no cache, so a seed always gives the same permutations. The images are stored once;
-    each task applies its permutation on the device, per batch."""
+                   first_unpermuted: bool = False, train_per_task: int | None = None, pc_valid: float = 0.1,
+                   valid_from_train: bool = False, download: bool = True) -> Stream:
+    """Permuted MNIST: every task is MNIST (10-way) under its own fixed pixel permutation, drawn from
+    (seed, task position) — no cache, so a seed always gives the same permutations. With all training images
+    (`train_per_task: null`, BLIP) they are stored once and each task permutes them on the device, per batch;
+    GEM trains on a random 1,000 per task."""
     if n_tasks < 1:
         raise ConfigError(f"stream.n_tasks={n_tasks} must be >= 1")
     m = load_mnist(data_dir, download)
     g = torch.Generator().manual_seed(seed)
-    train, valid = split_valid(Split(m["x_train"], m["y_train"]), pc_valid, valid_from_train, g)
+    full = Split(m["x_train"], m["y_train"])
+    train, valid = split_valid(full, pc_valid, valid_from_train, g)
     test = Split(m["x_test"], m["y_test"])
     tasks = []
     for t in range(n_tasks):
         perm = None if (t == 0 and first_unpermuted) else torch.randperm(
             28 * 28, generator=torch.Generator().manual_seed(seed * 1000 + t))
+        if train_per_task:
+            idx = torch.randperm(len(full), generator=g)[:train_per_task]
+            train, valid = split_valid(Split(full.x[idx], full.y[idx]), pc_valid, valid_from_train, g)
         tasks.append(Task(name=f"p{t}", classes=list(range(10)), train=train, valid=valid, test=test,
                           transform=InputTransform((MNIST_MEAN,), (MNIST_STD,), permutation=perm)))
     return Stream(name, tasks, (1, 28, 28))

@@ -30,7 +30,18 @@ if TYPE_CHECKING:
     from cl.task_data import DeviceStream
 
 
+# Lightning sets `_current_fx_name` around every hook call (~44 times per training step); these plain attributes
+# skip nn.Module.__setattr__'s parameter/module/buffer checks, a measurable share of the per-step overhead
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_sum", "_n_batches"})
+
+
 class ContinualApproach(pl.LightningModule):
+    def __setattr__(self, name, value):
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def __init__(self, net: TaskNetwork, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  batch_size: int = 64, eval_batch_size: int = 1000, name: str | None = None):
         super().__init__()
