@@ -30,8 +30,8 @@ class DeviceStream:
 
     def _inputs(self, x, transform: InputTransform):
         """The inputs as stored on the device, and the transform still to apply per batch."""
-        if not isinstance(x, torch.Tensor):  # e.g. images streamed from a disk cache
-            return x, transform
+        if not isinstance(x, torch.Tensor):  # images streamed from a disk cache: tag where batches are delivered
+            return x.to(self.device), transform
         if x.numel() * 4 > self.max_float_bytes:
             return self._cached((id(x),), lambda: x.to(self.device)), transform
         key = (id(x), "normalized", tuple(transform.mean), tuple(transform.std))

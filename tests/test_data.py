@@ -91,7 +91,7 @@ def test_mixed_task_batches_carry_task_ids():
 def test_ddp_ranks_get_equal_disjoint_shares(monkeypatch):
     shares = []
     for rank in range(3):
-        monkeypatch.setattr(TaskBatches, "_world", staticmethod(lambda r=rank: (r, 3)))
+        monkeypatch.setattr(TaskBatches, "_world", lambda self, r=rank: (r, 3))
         batches = TaskBatches([source(10)], batch_size=2, shuffle=True, seed=5)
         shares.append(torch.cat([y for _, y, _ in batches]).tolist())
         assert len(batches) == 2

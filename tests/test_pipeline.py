@@ -155,3 +155,15 @@ def test_loggers_get_the_numbers(tmp_path, monkeypatch):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_two_process_cpu_ddp_run(tmp_path):
+    """trainer=ddp on CPU (gloo): ranks share the batches, rank 0 writes the files, evaluation covers every sample."""
+    from tests.conftest import run_cli
+
+    proc = run_cli(["approach=sgd", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                    "trainer.max_epochs=5", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] and results["metrics"]["la"] > 0.8
+    assert proc.stdout.count("results:") == 1  # one table, printed by rank 0

@@ -81,6 +81,13 @@ class ContinualApproach(pl.LightningModule):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(x, task), y) + self.penalty()
 
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.on_after_optimizer_step()
+
+    def on_after_optimizer_step(self) -> None:
+        """Work after every optimizer step (e.g. BLIP's projection into the frozen bits' box)."""
+
     def trained_tasks(self) -> list[int]:
         """Tasks whose heads this task trains."""
         return [self.task_id]
@@ -96,6 +103,7 @@ class ContinualApproach(pl.LightningModule):
         self.requires_grad_(False)
         for p in self.trainable_parameters():
             p.requires_grad_(True)
+        self.net.start_task(self.task_id)
 
     def configure_optimizers(self):
         # a new Trainer per task re-creates the optimizer at every task start, as the official BLIP/HAT code does
@@ -156,7 +164,7 @@ class ContinualApproach(pl.LightningModule):
         was_training = self.training
         self.eval()
         correct = torch.zeros((), dtype=torch.long, device=source.x.device)
-        for x, y, task in TaskBatches([source], self.hparams.eval_batch_size):
+        for x, y, task in TaskBatches([source], self.hparams.eval_batch_size, shard=False):
             correct += (self(x, task).argmax(1) == y).sum()
         self.train(was_training)
         return int(correct) / len(source.y)

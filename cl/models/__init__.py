@@ -1,4 +1,6 @@
+from cl.models.alexnet import AlexNet
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
+from cl.models.resnet import ResNet
 
-__all__ = ["MLP", "TaskNetwork"]
+__all__ = ["AlexNet", "MLP", "ResNet", "TaskNetwork"]

@@ -33,6 +33,12 @@ class TaskNetwork(nn.Module):
             n = n_shared_classes if n_shared_classes is not None else max(task_classes)
             self.heads = nn.ModuleList([nn.Linear(out_dim, n)])
 
+    def start_task(self, task: int) -> None:
+        """Let the trunk change behaviour per task (e.g. ResNet-18 with BatchNorm statistics frozen after task 1)."""
+        hook = getattr(self.trunk, "start_task", None)
+        if hook is not None:
+            hook(task)
+
     @property
     def multi_head(self) -> bool:
         return self.head_mode == "multi"

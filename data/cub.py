@@ -1,0 +1,62 @@
+"""CUB-200-2011 split into tasks of equal class count (BCL's Split CUB: 20 tasks of 10 classes by default), with
+the dataset's own train/test split (train_test_split.txt). Classes are grouped after a permutation seeded by the
+run seed (`shuffle_classes: false` keeps class-id order). Images are squashed to image_size × image_size (no crop):
+84 by default (cheap, as miniImageNet); BCL's ImageNet-pretrained ResNet-18 expects 224. ImageNet normalization.
+Decoded once to `<data_dir>/CUB_200_2011/cache/` (one cache per image size).
+
+User-provided: extract CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) into `<data_dir>/`
+(images.txt, image_class_labels.txt, train_test_split.txt, images/...)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cl.errors import ConfigError, DatasetError
+from data.image_cache import decoded_files
+from data.image_files import IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, require_dir, seeded_class_groups
+from data.stream import InputTransform, Stream
+from data.streams import class_split_stream
+
+WHERE = "extract CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) into the data root"
+
+
+def _table(path: Path) -> dict[str, str]:
+    """`<image id> <value>` per line → {id: value}."""
+    if not path.exists():
+        raise DatasetError(f"{path} not found; {WHERE}")
+    rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+    if any(len(r) != 2 for r in rows):
+        raise DatasetError(f"{path} is not '<image id> <value>' per line; {WHERE}")
+    return {k: v.strip() for k, v in rows}
+
+
+def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
+    images, labels = _table(root / "images.txt"), _table(root / "image_class_labels.txt")
+    is_train = _table(root / "train_test_split.txt")
+    if set(images) != set(labels) or set(images) != set(is_train):
+        raise DatasetError(f"images.txt, image_class_labels.txt and train_test_split.txt in {root} list different "
+                           f"image ids; {WHERE}")
+    out = {"train": ([], []), "test": ([], [])}
+    for image_id in sorted(images, key=int):
+        files, split_labels = out["train" if is_train[image_id] == "1" else "test"]
+        files.append(root / "images" / images[image_id])
+        split_labels.append(int(labels[image_id]) - 1)  # class ids are 1-based
+    return out
+
+
+def cub(data_dir: str, name: str = "cub_split", n_tasks: int = 20, seed: int = 0, shuffle_classes: bool = True,
+        pc_valid: float = 0.1, image_size: int = 84, num_workers: int = 2, max_tasks: int | None = None) -> Stream:
+    root = require_dir(Path(data_dir) / "CUB_200_2011", WHERE)
+    data = {}
+    for split, (files, labels) in _listing(root).items():
+        images = decoded_files(root / "cache", split, root, files, image_size, num_workers=num_workers)
+        data[split] = images, torch.tensor(labels, dtype=torch.long)
+    n_classes = int(data["train"][1].max()) + 1
+    if n_classes % n_tasks:
+        raise ConfigError(f"stream.n_tasks={n_tasks} must divide the {n_classes} CUB classes evenly")
+    groups = (seeded_class_groups(n_classes, n_tasks, seed) if shuffle_classes else
+              [list(range(t * n_classes // n_tasks, (t + 1) * n_classes // n_tasks)) for t in range(n_tasks)])
+    stream = class_split_stream(name, *data["train"], *data["test"], groups, (3, image_size, image_size),
+                                InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed, pc_valid, False)
+    return keep_first_tasks(stream, max_tasks)
