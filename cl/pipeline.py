@@ -16,7 +16,6 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from cl.approaches.base import ContinualApproach
 from cl.config_check import check_config, check_resume_config
-from cl.errors import ConfigError
 from cl.results import build_results, format_table, read_results, write_results
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer

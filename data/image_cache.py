@@ -112,3 +112,11 @@ def decoded_files(cache_dir: Path, tag: str, root: Path, files: Sequence[Path], 
     key = cache_key(files=[str(Path(f).relative_to(root)) for f in files], size=size, bgr=bgr)
     path = cached_images(cache_dir, tag, key, files, lambda f: decode_image(f, size, bgr), (3, size, size))
     return MemmapImages(path, num_workers=num_workers)
+
+
+def decoded_listing(root: Path, listing: dict[str, tuple[list[Path], list[int]]], size: int,
+                    num_workers: int = 2) -> dict[str, tuple[MemmapImages, torch.Tensor]]:
+    """{split: (files, labels)} of an image-folder dataset → {split: (cached images, label tensor)}."""
+    return {split: (decoded_files(root / "cache", split, root, files, size, num_workers=num_workers),
+                    torch.tensor(labels, dtype=torch.long)) for split, (files, labels) in listing.items()}
+

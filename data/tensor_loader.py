@@ -107,7 +107,10 @@ class TaskBatches:
             workers = max(x.num_workers for x in images.values()) if len(self) > 1 else 0
             self._loader = DataLoader(_PixelReader(images, self.offsets, self.single), sampler=self._batch_order,
                                       batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                                      pin_memory=device.type == "cuda")
+                                      pin_memory=device.type == "cuda",
+                                      # workers forked from a process whose OpenMP threads already ran can
+                                      # deadlock (seen here at worker shutdown); start them from a clean server
+                                      multiprocessing_context="forkserver" if workers > 0 else None)
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()

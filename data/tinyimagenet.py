@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from cl.errors import DatasetError
-from data.image_cache import decoded_files
+from data.image_cache import decoded_listing
 from data.image_files import IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, require_dir, seeded_class_groups
 from data.stream import InputTransform, Stream
 from data.streams import class_split_stream
@@ -47,10 +46,7 @@ def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
 def tinyimagenet(data_dir: str, name: str = "tinyimagenet4", n_tasks: int = 4, seed: int = 0, pc_valid: float = 0.1,
                  image_size: int = 64, num_workers: int = 2, max_tasks: int | None = None) -> Stream:
     root = require_dir(Path(data_dir) / "tiny-imagenet-200", WHERE)
-    data = {}
-    for split, (files, labels) in _listing(root).items():
-        images = decoded_files(root / "cache", split, root, files, image_size, num_workers=num_workers)
-        data[split] = images, torch.tensor(labels, dtype=torch.long)
+    data = decoded_listing(root, _listing(root), image_size, num_workers)
     n_classes = int(data["train"][1].max()) + 1
     stream = class_split_stream(name, *data["train"], *data["test"], seeded_class_groups(n_classes, n_tasks, seed),
                                 (3, image_size, image_size), InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed,

@@ -1,6 +1,5 @@
 """End-to-end runs of the task loop, the results contract, every config and recipe, and resume."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
