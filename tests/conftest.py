@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import data.mnist
+from tests import fixtures
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -45,3 +48,16 @@ def mnist_dir() -> Path:
     if not (SHARED_DATA / "mnist").exists():
         pytest.skip(f"real MNIST not found in {SHARED_DATA}/mnist")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fixtures")
+    return root, fixtures.write_all(root)
+
+
+@pytest.fixture
+def fixture_data(data_root, monkeypatch) -> Path:
+    root, mnist_table = data_root
+    monkeypatch.setattr(data.mnist, "FILES", mnist_table)  # the tiny MNIST instead of the canonical files
+    return root
