@@ -43,7 +43,7 @@ class DeviceStream:
         task = self.stream.tasks[t]
         s = getattr(task, split)
         if self.shared_head:
-            y = self._cached((id(s.y), "global", t),
+            y = self._cached((id(s.y), "global", tuple(task.classes)),  # tasks sharing labels and classes share it
                              lambda: torch.as_tensor(task.classes, dtype=torch.long)[s.y].to(self.device))
         else:
             y = self._cached((id(s.y),), lambda: s.y.to(self.device))
