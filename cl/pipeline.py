@@ -114,6 +114,8 @@ def run(cfg: DictConfig) -> dict:
                                     seed=task_seed(cfg.seed, t))
         valid_batches = TaskBatches(approach.valid_sources(data, t), approach.hparams.eval_batch_size)
         trainer.fit(approach, train_batches, valid_batches)
+        train_batches.close()  # the next task's data need not share memory with this task's
+        valid_batches.close()
         step_offset += trainer.global_step
 
         t0 = time.perf_counter()

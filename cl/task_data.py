@@ -1,6 +1,8 @@
 """A stream's tensors on the training device, handed to approaches as `BatchSource`s."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from data.stream import InputTransform, Stream
@@ -13,20 +15,26 @@ class DeviceStream:
     """Moves each tensor to `device` once, normalized to float there when it fits in `max_float_bytes` (then a
     batch costs one gather; tasks sharing images, e.g. permuted MNIST, share the copy and only permute per
     batch), and serves labels as the head expects them: local per task (multi-head) or global class ids (shared
-    head)."""
+    head).
+
+    The cache holds its tensors weakly: a copy lives exactly as long as some `BatchSource` uses it, so a run
+    keeps the float copy of the task in training (and of whatever an approach still holds, e.g. replay data),
+    not of every task seen so far."""
 
     def __init__(self, stream: Stream, device: torch.device | str, shared_head: bool, max_float_bytes: int = 4 << 30):
         self.stream = stream
         self.device = torch.device(device)
         self.shared_head = shared_head
         self.max_float_bytes = max_float_bytes
-        self._on_device: dict[tuple, torch.Tensor] = {}
+        self._on_device: weakref.WeakValueDictionary[tuple, torch.Tensor] = weakref.WeakValueDictionary()
 
     def _cached(self, key: tuple, make) -> torch.Tensor:
         # keys start with id() of a tensor the stream holds for its whole life, so ids are never reused
-        if key not in self._on_device:
-            self._on_device[key] = make()
-        return self._on_device[key]
+        tensor = self._on_device.get(key)
+        if tensor is None:
+            tensor = make()
+            self._on_device[key] = tensor
+        return tensor
 
     def _inputs(self, x, transform: InputTransform):
         """The inputs as stored on the device, and the transform still to apply per batch."""

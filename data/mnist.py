@@ -36,25 +36,36 @@ def parse_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+def _read_into_buffer(path: Path, size: int) -> bytearray:
+    """The (decompressed) file content in one writable buffer of the expected size plus one byte (to notice a
+    longer file), so the images exist once in memory and become a tensor without a copy."""
+    buf = bytearray(size + 1)
+    n = 0
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f, memoryview(buf) as view:
+            while n < len(buf) and (got := f.readinto(view[n:])):
+                n += got
+    except (OSError, EOFError) as e:
+        what = "is not a valid gzip file" if path.suffix == ".gz" else "cannot be read"
+        raise DatasetError(f"{path} {what} ({e}); delete it and provide the canonical file")
+    del buf[n:]
+    return buf
+
+
 def _read(folder: Path, stem: str, allow_download: bool) -> np.ndarray:
     expected_md5, shape = FILES[stem]
+    size = 4 + 4 * len(shape) + int(np.prod(shape))  # idx header + uint8 data
     raw_path, gz_path = folder / stem, folder / f"{stem}.gz"
     if not raw_path.exists() and not gz_path.exists() and allow_download:
         try:
             download([m + f"{stem}.gz" for m in MIRRORS], gz_path)
         except DatasetError:
             pass  # reported below with the path and what to do
-    if raw_path.exists():
-        path, raw = raw_path, raw_path.read_bytes()
-    elif gz_path.exists():
-        path = gz_path
-        try:
-            raw = gzip.decompress(gz_path.read_bytes())
-        except (OSError, EOFError) as e:
-            raise DatasetError(f"{gz_path} is not a valid gzip file ({e}); delete it and provide the canonical file")
-    else:
+    path = raw_path if raw_path.exists() else gz_path
+    if not path.exists():
         raise DatasetError(f"MNIST file {stem}(.gz) not found in {folder}; put the four canonical idx files there "
                            f"(set paths.data_dir or CL_DATA_DIR to their parent folder) or run once online")
+    raw = _read_into_buffer(path, size)
     array = parse_idx(raw, str(path))
     if array.shape != shape or md5(raw) != expected_md5:
         raise DatasetError(f"{path} does not match the canonical MNIST file (shape {array.shape}, md5 {md5(raw)}); "
@@ -69,6 +80,6 @@ def load_mnist(data_dir: str | Path, allow_download: bool = True) -> dict[str, t
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x = _read(folder, f"{prefix}-images-idx3-ubyte", allow_download)
         y = _read(folder, f"{prefix}-labels-idx1-ubyte", allow_download)
-        out[f"x_{split}"] = torch.from_numpy(x.copy()).unsqueeze(1)
+        out[f"x_{split}"] = torch.from_numpy(x).unsqueeze(1)  # shares the decompressed buffer
         out[f"y_{split}"] = torch.from_numpy(y.astype(np.int64))
     return out

@@ -21,13 +21,14 @@ class InputTransform:
     permutation: torch.Tensor | None = None  # indices into the flattened image
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        fresh = x.dtype != torch.float32  # x.float() made a copy we may overwrite (a whole dataset: no temporaries)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if any(m != 0.0 for m in self.mean) or any(s != 1.0 for s in self.std):
             # broadcast per channel for [N, C, H, W]; a single value for flat or 1-channel data
             shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,)
             mean = torch.tensor(self.mean, device=x.device).view(shape)
             std = torch.tensor(self.std, device=x.device).view(shape)
-            x = (x - mean) / std
+            x = (x.sub_(mean) if fresh else x - mean).div_(std)
         return x
 
     def permute(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,15 @@ class TaskBatches:
         n = -(-self.n // world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def close(self):
+        """Let go of the sources and stop the loader's workers: a finished Trainer keeps its loaders until it is
+        garbage, and with them the task's device copy of the data."""
+        self.sources = []
+        self._loader = None
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]]:
+        if not self.sources:
+            raise RuntimeError("these TaskBatches were closed; build new ones from the task's sources")
         order = self._rank_indices()
         self.epoch += 1
         if self.streamed:

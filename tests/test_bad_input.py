@@ -73,6 +73,12 @@ def test_wrong_content_is_reported(mnist_dir, tmp_path):
         load_mnist(tmp_path, allow_download=False)
 
 
+def test_longer_file_is_reported(mnist_dir, tmp_path):
+    corrupt_copy(tmp_path, "t10k-labels-idx1-ubyte", lambda b: gzip.compress(gzip.decompress(b) + bytes(3)))
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
+        load_mnist(tmp_path, allow_download=False)
+
+
 def test_corrupt_dataset_via_cli_keeps_earlier_results(mnist_dir, tmp_path):
     corrupt_copy(tmp_path, "train-labels-idx1-ubyte", lambda b: gzip.compress(gzip.decompress(b)[:-10]))
     run_dir = tmp_path / "run"

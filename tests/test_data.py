@@ -1,7 +1,14 @@
 """The MNIST-family streams and the device-side batching."""
+import gc
+import gzip
+from pathlib import Path
+
+import pytest
 import torch
 
+from cl.task_data import DeviceStream
 from data import streams
+from data.mnist import load_mnist
 from data.stream import InputTransform, Split
 from data.tensor_loader import BatchSource, TaskBatches
 
@@ -39,6 +46,15 @@ def test_split_mnist_on_real_mnist(mnist_dir):
     sizes = [len(t.train) for t in s.tasks]
     assert sum(sizes) == 60000 and sum(len(t.test) for t in s.tasks) == 10000
     assert s.tasks[0].train.x.dtype == torch.uint8 and s.tasks[0].train.x.shape[1:] == (1, 28, 28)
+
+
+def test_uncompressed_idx_files_load_like_the_gz_ones(mnist_dir, tmp_path):
+    for gz in Path(mnist_dir, "mnist").glob("*.gz"):
+        (tmp_path / "mnist").mkdir(exist_ok=True)
+        (tmp_path / "mnist" / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    raw, packed = load_mnist(tmp_path, allow_download=False), load_mnist(mnist_dir, allow_download=False)
+    assert all(torch.equal(raw[k], packed[k]) for k in packed)
+    assert packed["x_train"].dtype == torch.uint8 and packed["x_train"].shape == (60000, 1, 28, 28)
 
 
 def test_pmnist_permutations_are_seeded_and_shared_data(mnist_dir):
@@ -100,7 +116,25 @@ def test_ddp_ranks_get_equal_disjoint_shares(monkeypatch):
 
 
 def test_split_rejects_mismatched_lengths():
-    import pytest
-
     with pytest.raises(ValueError):
         Split(torch.zeros(3, 2), torch.zeros(2))
+
+
+def test_closed_batches_let_go_of_their_data():
+    batches = TaskBatches([source(10)], batch_size=4)
+    batches.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(batches))
+
+
+def test_device_copies_live_as_long_as_a_source_uses_them():
+    stream = streams.digits5()
+    stream.tasks[0].transform = InputTransform((0.5,), (0.25,))  # a normalized float copy is made on the device
+    data = DeviceStream(stream, "cpu", shared_head=False)
+    first = data.source(0, "train")
+    assert first.x.dtype == torch.float32 and data.source(0, "train").x is first.x  # one copy while in use
+    assert torch.equal(first.x, stream.tasks[0].transform.normalize(stream.tasks[0].train.x))
+    copy_id = id(first.x)
+    del first
+    gc.collect()
+    assert not any(id(v) == copy_id for v in data._on_device.values())  # freed with its last source

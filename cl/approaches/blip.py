@@ -57,6 +57,7 @@ class BLIP(ContinualApproach):
         t, source = self.task_id, self._fisher_source
         fisher = estimate_fisher(self.net, dict(self.quantizer.layers), lambda x: self(x, t), source.x,
                                  self.fisher_settings, source.transform)
+        self._fisher_source = source = None  # lets the stream free this task's device copy (cl/task_data.py)
         self.quantizer.freeze(fisher, t)
         self.quantizer.drop_box()
         self.bit_history.append(self.quantizer.bit_histograms())
