@@ -5,6 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cl.errors import CLError
+from cl.options import check_options
 
 
 def first_cl_error(e: BaseException) -> CLError | None:
@@ -18,9 +19,10 @@ def first_cl_error(e: BaseException) -> CLError | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from cl.pipeline import run  # imported here so that --help answers fast
-
     try:
+        check_options(cfg)  # before the heavy imports: a mistyped value is reported in a second or two
+        from cl.pipeline import run
+
         run(cfg)
     except Exception as e:
         err = first_cl_error(e)

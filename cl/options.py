@@ -1,0 +1,271 @@
+"""What every option of the composed config may hold: type, range or choices, checked before anything heavy is
+imported (torch, Lightning), so that a mistyped or out-of-range value stops within a second or two with one line
+that names the key, the value and what is allowed.
+
+RULES maps a dotted key of the composed config to its rule; a key absent from the composed config (an option of an
+approach that is not selected) is skipped. Every value of every shipped config file has a rule
+(tests/test_options.py checks it): a new knob gets its line here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from cl.errors import ConfigError
+
+
+class Rule:
+    def problem(self, value) -> str | None:
+        """None when `value` is allowed, else what is wrong with it (completes '<key>=<value> ...')."""
+        raise NotImplementedError
+
+    def allowed(self) -> str:
+        raise NotImplementedError
+
+    def __or__(self, other: "Rule") -> "AnyOf":
+        return AnyOf((self, other))
+
+
+def _number_text(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Number(Rule):
+    """An int or float within optional bounds; `ge`/`gt`/`le`/`lt` as in 'greater or equal', etc."""
+
+    kind: type = float
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    optional: bool = False
+
+    def allowed(self) -> str:
+        bounds = [f"{op} {_number_text(v)}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                  if v is not None]
+        text = ("an integer" if self.kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
+        return text + (", or null" if self.optional else "")
+
+    def problem(self, value) -> str | None:
+        if value is None:
+            return None if self.optional else f"must be {self.allowed()}"
+        numeric = _is_int(value) or (self.kind is float and isinstance(value, float))
+        if not numeric:
+            return f"has the wrong type: expected {self.kind.__name__} ({self.allowed()})"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number ({self.allowed()})"
+        checks = ((self.ge, value >= (self.ge or 0)), (self.gt, value > (self.gt or 0)),
+                  (self.le, value <= (self.le or 0)), (self.lt, value < (self.lt or 0)))
+        if any(bound is not None and not ok for bound, ok in checks):
+            return f"is out of range: must be {self.allowed()}"
+        return None
+
+
+def Int(**bounds) -> Number:
+    return Number(int, **bounds)
+
+
+def Float(**bounds) -> Number:
+    return Number(float, **bounds)
+
+
+@dataclass(frozen=True)
+class Choice(Rule):
+    values: tuple
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join(map(repr, self.values))
+
+    def problem(self, value) -> str | None:
+        return None if value in self.values else f"is not {self.allowed()}"
+
+
+@dataclass(frozen=True)
+class Bool(Rule):
+    def allowed(self) -> str:
+        return "true or false"
+
+    def problem(self, value) -> str | None:
+        return None if isinstance(value, bool) else f"has the wrong type: expected bool ({self.allowed()})"
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    """Free text: a name or a path (null allowed when `optional`)."""
+
+    optional: bool = False
+
+    def allowed(self) -> str:
+        return "a string" + (" or null" if self.optional else "")
+
+    def problem(self, value) -> str | None:
+        if value is None and self.optional or isinstance(value, str):
+            return None
+        return f"has the wrong type: expected {self.allowed()}"
+
+
+@dataclass(frozen=True)
+class ListOf(Rule):
+    item: Rule
+    min_len: int = 0
+    length: int | None = None
+    optional: bool = False
+
+    def allowed(self) -> str:
+        size = (f" of {self.length}" if self.length else f" of at least {self.min_len}" if self.min_len > 1
+                else " of at least one" if self.min_len else "")
+        return f"a list{size} ({self.item.allowed()})" + (" or null" if self.optional else "")
+
+    def problem(self, value) -> str | None:
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, (list, tuple)):
+            return f"has the wrong type: expected {self.allowed()}"
+        if len(value) < self.min_len or (self.length is not None and len(value) != self.length):
+            return f"must be {self.allowed()}"
+        for v in value:
+            if self.item.problem(v) is not None:
+                return f"holds {v!r}: must be {self.allowed()}"
+        return None
+
+
+@dataclass(frozen=True)
+class AnyOf(Rule):
+    rules: tuple
+
+    def allowed(self) -> str:
+        return ", or ".join(r.allowed() for r in self.rules)
+
+    def __or__(self, other: Rule) -> "AnyOf":
+        return AnyOf((*self.rules, other))
+
+    def problem(self, value) -> str | None:
+        if any(r.problem(value) is None for r in self.rules):
+            return None
+        return f"must be {self.allowed()}"
+
+
+_PROBABILITY = Float(ge=0, lt=1)
+
+RULES: dict[str, Rule] = {
+    # --- run -------------------------------------------------------------------------------------------------------
+    "seed": Int(ge=0, lt=2**32),
+    "resume": Bool(),
+    "eval_max_samples": Int(ge=1, optional=True),
+    "checkpoint_every_n_steps": Int(ge=1, optional=True),
+    # --- trainer (Lightning Trainer arguments) ---------------------------------------------------------------------
+    "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "auto")),
+    "trainer.devices": Int(ge=1) | Choice(("auto",)) | ListOf(Int(ge=0), min_len=1),
+    "trainer.num_nodes": Int(ge=1),
+    "trainer.strategy": Text(),
+    "trainer.max_epochs": Int(ge=1),
+    "trainer.limit_train_batches": Int(ge=1) | Float(gt=0, le=1),
+    "trainer.limit_val_batches": Int(ge=0) | Float(ge=0, le=1),
+    "trainer.num_sanity_val_steps": Int(ge=-1),
+    "trainer.log_every_n_steps": Int(ge=1),
+    "trainer.enable_model_summary": Bool(),
+    "trainer.enable_checkpointing": Bool(),
+    "trainer.deterministic": Bool(),
+    # --- callbacks -------------------------------------------------------------------------------------------------
+    "callbacks.progress_bar.refresh_rate": Int(ge=0),
+    "callbacks.lr_schedule.lr_patience": Int(ge=1),
+    "callbacks.lr_schedule.lr_factor": Float(gt=1),
+    "callbacks.lr_schedule.lr_min": Float(gt=0),
+    # --- model -----------------------------------------------------------------------------------------------------
+    "model.name": Text(),
+    "model.head": Choice(("multi", "shared")),
+    "model.trunk.hidden_sizes": ListOf(Int(ge=1), min_len=1),
+    "model.trunk.dropout": _PROBABILITY | ListOf(_PROBABILITY, length=5),
+    "model.trunk.mul": Float(gt=0),
+    "model.trunk.fc_sizes": ListOf(Int(ge=1), length=2),
+    "model.trunk.scale_fc": Bool(),
+    "model.trunk.base_width": Int(ge=1),
+    "model.trunk.blocks": ListOf(Int(ge=1), min_len=1),
+    "model.trunk.stem_stride": Int(ge=1),
+    "model.trunk.stem_maxpool": Bool(),
+    "model.trunk.bn_affine": Bool(),
+    "model.trunk.pool": Choice(("avg", "avg4")),
+    "model.trunk.freeze_bn_after_first_task": Bool(),
+    # --- stream ----------------------------------------------------------------------------------------------------
+    "stream.name": Text(),
+    "stream.data_dir": Text(),
+    "stream.path": Text(),
+    "stream.raw_folder": Text(),
+    "stream.seed": Int(ge=0),
+    "stream.tasks": ListOf(ListOf(Int(ge=0), min_len=2), min_len=1),
+    "stream.n_tasks": Int(ge=1),
+    "stream.max_tasks": Int(ge=1, optional=True),
+    "stream.train_per_task": Int(ge=1, optional=True),
+    "stream.pc_valid": Float(ge=0, lt=1),
+    "stream.valid_from_train": Bool(),
+    "stream.download": Bool(),
+    "stream.verify_checksums": Bool(),
+    "stream.first_unpermuted": Bool(),
+    "stream.min_angle": Float(),
+    "stream.max_angle": Float(),
+    "stream.interpolation": Choice(("nearest", "bilinear")),
+    "stream.strict_alternation": Bool(),
+    "stream.fixed_order": Bool(),
+    "stream.relabel": Bool(),
+    "stream.relabel_seed": Int(ge=0),
+    "stream.n_val_tasks": Int(ge=0),
+    "stream.part": Choice(("cl", "val", "all")),
+    "stream.normalize": Bool(),
+    "stream.notmnist_test_fraction": Float(gt=0, lt=1),
+    "stream.shuffle_classes": Bool(),
+    "stream.image_size": Int(ge=8),
+    "stream.num_workers": Int(ge=0),
+    "stream.bgr": Bool(),
+    "stream.source": Choice(("auto", "folder", "pickle")),
+    "stream.split_seed": Int(ge=0),
+    "stream.test_fraction": Float(gt=0, lt=1),
+    "stream.input_shape": ListOf(Int(ge=1), min_len=1, optional=True),
+    # --- approach: optimizer knobs shared by every approach (conf/approach/sgd.yaml) --------------------------------
+    "approach.name": Text(),
+    "approach.lr": Float(gt=0),
+    "approach.momentum": Float(ge=0, lt=1),
+    "approach.weight_decay": Float(ge=0),
+    "approach.batch_size": Int(ge=1),
+    "approach.eval_batch_size": Int(ge=1),
+    # --- approach=blip ---------------------------------------------------------------------------------------------
+    "approach.F_prior": Float(gt=0),
+    "approach.max_bit": Int(ge=1, le=30),
+    "approach.bound_scale": Float(gt=0),
+    "approach.init": Choice(("normal", "default", "orthogonal")),
+    "approach.prior_fan": Choice(("fan_in", "max")),
+    "approach.fisher.num_samples": Int(ge=1),
+    "approach.fisher.batch_size": Int(ge=1),
+}
+
+# the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
+CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks")
+
+
+_ABSENT = object()
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable)."""
+    for key, rule in RULES.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise ConfigError(f"{key} must be set: pass {key}=<value>") from None
+        if value is _ABSENT:
+            continue
+        value = _plain(value)
+        problem = rule.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{key}={value!r} {problem}")

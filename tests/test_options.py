@@ -1,0 +1,112 @@
+"""Every option of every shipped config has a rule (cl/options.py), every rule rejects a value outside it with one
+line naming the key, and the CLI reports a bad value before the heavy imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from cl.errors import ConfigError
+from cl.options import CHECKED_SECTIONS, RULES, AnyOf, Bool, Choice, ListOf, Number, Text, check_options
+from tests.conftest import CONF_DIR, ROOT, compose_config
+
+GROUPS = ("stream", "model", "approach", "trainer", "callbacks", "experiment", "debug")
+
+
+def leaves(node: DictConfig, prefix: str = ""):
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        path = f"{prefix}{key}"
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from leaves(child, path + ".")
+        else:
+            yield path
+
+
+def every_selection() -> list[list[str]]:
+    return [[f"{g}={p.stem}"] for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def selection_with(key: str) -> list[str]:
+    """The first config selection whose composed config has `key`."""
+    for selection in every_selection():
+        if key in _keys_by_selection(tuple(selection)):
+            return selection
+    raise AssertionError(f"no shipped config has {key}")
+
+
+_CACHE: dict[tuple, set] = {}
+
+
+def _keys_by_selection(selection: tuple) -> set:
+    if selection not in _CACHE:
+        cfg = compose_config(list(selection), "/tmp/unused")
+        _CACHE[selection] = {k for section in CHECKED_SECTIONS if section in cfg
+                             for k in leaves(cfg[section], section + ".")}
+    return _CACHE[selection]
+
+
+@pytest.mark.parametrize("selection", every_selection(), ids=lambda s: s[0])
+def test_every_shipped_value_has_a_rule_and_passes_it(selection, tmp_path):
+    cfg = compose_config([*selection, "stream.path=x"] if selection == ["stream=gem_file"] else selection, tmp_path)
+    missing = sorted(k for section in CHECKED_SECTIONS if section in cfg for k in leaves(cfg[section], section + ".")
+                     if k not in RULES)
+    assert not missing, f"add a rule to cl/options.py for: {missing}"
+    check_options(cfg)
+
+
+def outside(rule) -> object:
+    """A value that `rule` rejects."""
+    if isinstance(rule, AnyOf):
+        return "not-a-value" if not any(isinstance(r, Text) for r in rule.rules) else [[]]
+    if isinstance(rule, Number):
+        for bound, value in ((rule.ge, lambda b: b - 1), (rule.gt, lambda b: b), (rule.le, lambda b: b + 1),
+                             (rule.lt, lambda b: b)):
+            if bound is not None:
+                v = value(bound)
+                return int(v) if rule.kind is int else float(v)
+        return "abc"
+    if isinstance(rule, Choice):
+        return "no_such_choice"
+    if isinstance(rule, Bool):
+        return "maybe"
+    if isinstance(rule, ListOf):
+        return "not-a-list"
+    return [1, 2]  # Text
+
+
+@pytest.mark.parametrize("key", sorted(RULES))
+def test_every_rule_rejects_a_value_outside_it_with_one_line(key, tmp_path):
+    rule = RULES[key]
+    bad = outside(rule)
+    assert rule.problem(bad) is not None
+    if "." not in key:  # top-level keys exist in every config
+        selection = []
+    else:
+        selection = selection_with(key)
+    cfg = compose_config([*selection, "stream.path=x"] if selection == ["stream=gem_file"] else selection, tmp_path)
+    OmegaConf.update(cfg, key, bad, merge=False)
+    with pytest.raises(ConfigError) as err:
+        check_options(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{key}=") and "\n" not in message
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("approach.lr=abc", "approach.lr='abc' has the wrong type: expected float"),
+    ("approach.batch_size=0", "approach.batch_size=0 is out of range: must be an integer >= 1"),
+])
+def test_cli_reports_a_bad_value_before_the_heavy_imports(value, expected, tmp_path):
+    """One line, exit 1, and neither torch nor Lightning imported by then (they take seconds to import)."""
+    probe = (f"import runpy, sys\nsys.argv = ['train.py', {value!r}, 'hydra.run.dir={tmp_path}']\n"
+             "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as e:\n"
+             "    print('exit', e.code, 'heavy' if {'torch', 'pytorch_lightning'} & set(sys.modules) else 'light')\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.split()[-3:] == ["exit", "1", "light"]
