@@ -14,7 +14,7 @@ from cl.errors import ConfigError
 
 SECTIONS = ("stream", "model", "approach", "trainer", "callbacks")
 # what defines the experiment: a resumed run must use the saved values
-RESUME_KEYS = ("stream", "model", "approach", "seed", "callbacks", "trainer.max_epochs")
+RESUME_KEYS = ("stream", "model", "approach", "seed", "callbacks", "trainer.max_epochs", "first_task")
 _SIMPLE = (int, float, bool, str)
 
 

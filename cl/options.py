@@ -161,6 +161,8 @@ RULES: dict[str, Rule] = {
     "resume": Bool(),
     "eval_max_samples": Int(ge=1, optional=True),
     "checkpoint_every_n_steps": Int(ge=1, optional=True),
+    "first_task.max_epochs": Int(ge=1, optional=True),
+    "first_task.lr": Float(gt=0, optional=True),
     # --- trainer (Lightning Trainer arguments) ---------------------------------------------------------------------
     "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "auto")),
     "trainer.devices": Int(ge=1) | Choice(("auto",)) | ListOf(Int(ge=0), min_len=1),
@@ -246,7 +248,7 @@ RULES: dict[str, Rule] = {
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
-CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks")
+CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "first_task")
 
 
 _ABSENT = object()

@@ -75,11 +75,14 @@ def run(cfg: DictConfig) -> dict:
     callbacks = instantiate_all(cfg.get("callbacks"))
     timer = TaskTimer()
 
-    def make_trainer() -> pl.Trainer:
-        return hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + [timer],
-                                       default_root_dir=str(run_dir))
+    def make_trainer(t: int) -> pl.Trainer:
+        epochs = cfg.first_task.max_epochs if t == 0 and cfg.first_task.max_epochs else cfg.trainer.max_epochs
+        return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=loggers or False,
+                                       callbacks=callbacks + [timer], default_root_dir=str(run_dir))
 
-    trainer = make_trainer()
+    base_lr = approach.lr
+    start = previous["tasks_done"] if previous else 0
+    trainer = make_trainer(start)
     data = DeviceStream(stream, trainer.strategy.root_device, shared_head=not approach.net.multi_head)
     eval_limit = cfg.get("eval_max_samples")
 
@@ -87,7 +90,6 @@ def run(cfg: DictConfig) -> dict:
         return [approach.accuracy(data.source(j, "test").head(eval_limit)) for j in range(T)]
 
     if previous:
-        start = previous["tasks_done"]
         ckpt = torch.load(run_dir / CHECKPOINT_DIR / f"task_{start - 1}.ckpt", map_location="cpu", weights_only=False)
         approach.load_state_dict(ckpt["state_dict"])
         approach.on_load_checkpoint(ckpt)
@@ -98,7 +100,7 @@ def run(cfg: DictConfig) -> dict:
         elapsed_before = times["total"]
         log.info("resuming %s at task %d of %d", run_dir, start + 1, T)
     else:
-        start, acc_rows, cl_state, step_offset, elapsed_before = 0, [], [], 0, 0.0
+        acc_rows, cl_state, step_offset, elapsed_before = [], [], 0, 0.0
         times = {"train": [], "task_end": [], "eval": [], "total": 0.0}
         approach.to(data.device)
         random_init = evaluate_row()
@@ -109,7 +111,8 @@ def run(cfg: DictConfig) -> dict:
     for t in range(start, T):
         pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
         approach.task_id, approach.step_offset = t, step_offset
-        trainer = trainer if t == start else make_trainer()
+        approach.lr = cfg.first_task.lr if t == 0 and cfg.first_task.lr else base_lr
+        trainer = trainer if t == start else make_trainer(t)
         train_batches = TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size, shuffle=True,
                                     seed=task_seed(cfg.seed, t))
         valid_batches = TaskBatches(approach.valid_sources(data, t), approach.hparams.eval_batch_size)
@@ -134,6 +137,9 @@ def run(cfg: DictConfig) -> dict:
             approach_info=approach.approach_info(), config=config_dict(cfg))
         if trainer.is_global_zero:
             write_results(run_dir, results)
+            for cb in callbacks:  # task-end files of a protocol (e.g. the MAS re-implementation's run folder)
+                if hasattr(cb, "on_task_evaluated"):
+                    cb.on_task_evaluated(approach, t, acc_rows[-1], run_dir)
         log_task_end(approach, loggers, results, t, step_offset)
 
     results = read_results(run_dir) if start == T else results
