@@ -15,3 +15,18 @@ class DatasetError(CLError):
 
 class TrainingError(CLError):
     """Training diverged (NaN/inf loss) or otherwise cannot continue."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after it saved what it needs to resume (cl/checkpointing.py); not a
+    failure: train.py prints how to resume and exits with the shell's code for the signal."""
+
+    def __init__(self, signum: int, where: str):
+        import signal
+
+        super().__init__(f"{signal.Signals(signum).name} {where}")
+        self.signum, self.where = signum, where
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM

@@ -1,16 +1,123 @@
-"""Logger factories that need a decision at run time."""
+"""The run's loggers, made to continue across `resume=true`: a resumed run appends to the interrupted run's CSV file,
+TensorBoard event folder and W&B run (same id) instead of starting them over, and drops only what was logged
+after the checkpoint it resumes from (that part is logged again).
+
+Each logger here can tell how far it has written (`log_position()`, recorded in mid-task checkpoints) and continue
+from such a position (`continue_from(position)`, called by the pipeline before anything is logged)."""
+from __future__ import annotations
+
+import csv
 import os
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
+from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
-def wandb_logger(**kwargs):
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run keeps the first `rows`
+    rows of it (those logged before the checkpoint) and appends."""
+
+    def __init__(self, log_dir: str, rows: int):
+        self._keep_rows = rows
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            kept = [row for _, row in zip(range(self._keep_rows), reader)]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.metrics_keys = header
+
+
+class CSVLogger(LightningCSVLogger):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._continue_rows: int | None = None
+        self._rows = 0
+
+    def continue_from(self, position: int | None) -> None:
+        """Keep the first `position` rows of the existing file (all of them when None) and append after them."""
+        self._continue_rows = position if position is not None else _count_rows(self._metrics_path())
+        self._rows = self._continue_rows
+
+    def _metrics_path(self) -> str:
+        return os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+
+    @property
+    def experiment(self):
+        if self._experiment is None and self._continue_rows is not None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(self.log_dir, self._continue_rows)
+        return super().experiment
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics(metrics, step)
+        self._rows += 1
+
+    def log_position(self) -> int:
+        """Rows in metrics.csv so far (call after save())."""
+        return self._rows
+
+
+def _count_rows(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path, newline="") as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Events logged after the checkpoint a run resumes from are purged (TensorBoard's own `purge_step`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._next_step = 0
+
+    def log_metrics(self, metrics, step=None):
+        super().log_metrics(metrics, step)
+        if step is not None:
+            self._next_step = max(self._next_step, step + 1)
+
+    def log_position(self) -> int:
+        return self._next_step
+
+    def continue_from(self, position: int | None) -> None:
+        if position is not None:
+            self._kwargs["purge_step"] = position
+            self._next_step = position
+
+
+RUN_ID_FILE = "run_id"
+
+
+def wandb_logger(resume: bool = False, **kwargs):
     """A Lightning WandbLogger that runs offline (files under save_dir/wandb, `wandb sync` later) when no API key
-    is configured, instead of prompting or failing."""
+    is configured, instead of prompting or failing; a resumed run (`resume=true`) continues the same W&B run."""
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     if kwargs.get("offline") is None:
         kwargs["offline"] = not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb())
     if kwargs["offline"]:
         os.environ.setdefault("WANDB_MODE", "offline")
+    id_file = Path(kwargs.get("save_dir") or ".") / "wandb" / RUN_ID_FILE
+    if kwargs.get("id") is None:
+        if resume and id_file.exists():
+            kwargs["id"] = id_file.read_text().strip()
+        else:
+            kwargs["id"] = wandb.util.generate_id()
+            if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+                id_file.parent.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(kwargs["id"] + "\n")
     return WandbLogger(**kwargs)
 
 

@@ -44,12 +44,23 @@ def fwt(R, random_init: Sequence[float]) -> float:
     return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
 
 
+def forgetting_per_task(R) -> np.ndarray:
+    """Per task j: the best accuracy before the last row minus the final one (positive = forgot); 0 for the last
+    task, which has no earlier row after its training."""
+    R = np.asarray(R, dtype=float)
+    T = len(R)
+    out = np.zeros(T)
+    for j in range(T - 1):
+        out[j] = R[: T - 1, j].max() - R[-1, j]
+    return out
+
+
 def forgetting(R) -> float:
     R = np.asarray(R, dtype=float)
     T = len(R)
     if T < 2:
         return 0.0
-    return float(np.mean([R[: T - 1, j].max() - R[-1, j] for j in range(T - 1)]))
+    return float(forgetting_per_task(R)[: T - 1].mean())
 
 
 def all_metrics(R, random_init: Sequence[float]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The task loop: for each task of the stream, fit the approach with a Lightning Trainer, then evaluate every
 task's test split (seen and unseen) to fill row t of the accuracy matrix; checkpoint and rewrite the result files
-after every task, so a run can be resumed from its run dir."""
+after every task, so a run can be resumed from its run dir, also from inside a task (cl/checkpointing.py)."""
 from __future__ import annotations
 
 import logging
@@ -15,8 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from cl.approaches.base import ContinualApproach
+from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, continue_logs, mid_task_checkpoint,
+                              read_resume_point, remove_quietly, task_checkpoint)
 from cl.config_check import check_config, check_resume_config
-from cl.results import build_results, format_table, read_results, write_results
+from cl.errors import ConfigError, RunInterrupted
+from cl.results import build_results, format_table, read_results, write_figures, write_results
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer
 from data.stream import Stream
@@ -30,7 +33,8 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
 warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 # emitted by Lightning itself under torch 2.13, once per Trainer; nothing a user can act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-CHECKPOINT_DIR = "checkpoints"
+# a mid-task resume restores the batch position itself (TaskBatches.start_at), which Lightning cannot see
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def task_seed(seed: int, t: int) -> int:
@@ -61,94 +65,191 @@ def build(cfg: DictConfig) -> tuple[Stream, ContinualApproach]:
     return stream, approach
 
 
+def check_accelerator(cfg: DictConfig):
+    if cfg.trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator} but no GPU is visible to torch "
+                          f"{torch.__version__} here; trainer=cpu runs on this machine")
+
+
+@rank_zero_only
+def say(message: str):
+    print(message, flush=True)
+
+
 def run(cfg: DictConfig) -> dict:
-    t_start = time.perf_counter()
-    check_config(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    previous = read_results(run_dir) if cfg.resume else None
-    if cfg.resume:
-        check_resume_config(cfg, previous, run_dir)
-    pl.seed_everything(cfg.seed, verbose=False)
-    stream, approach = build(cfg)
-    T = len(stream)
-    loggers = instantiate_all(cfg.get("logger"))
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    timer = TaskTimer()
+    """Run (or resume) the experiment of `cfg`; returns its results.json content."""
+    with StopRequests() as stops:
+        return TaskLoop(cfg, stops).run()
 
-    def make_trainer(t: int) -> pl.Trainer:
+
+class TaskLoop:
+    def __init__(self, cfg: DictConfig, stops: StopRequests):
+        self.t_start = time.perf_counter()
+        self.cfg, self.stops = cfg, stops
+        check_config(cfg)
+        check_accelerator(cfg)
+        self.run_dir = Path(cfg.paths.output_dir)
+        self.previous = read_results(self.run_dir) if cfg.resume else None
+        if cfg.resume:
+            check_resume_config(cfg, self.previous, self.run_dir)
+
+    # --- the whole run ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, run_dir = self.cfg, self.run_dir
+        if self.previous and self.previous["complete"]:
+            say(f"the run in {run_dir} is complete ({self.previous['tasks_done']} of "
+                f"{len(self.previous['task_names'])} tasks): nothing to resume\n\n{format_table(self.previous)}")
+            return self.previous
+        say(f"run dir: {run_dir}")
+        pl.seed_everything(cfg.seed, verbose=False)
+        self.stream, self.approach = build(cfg)
+        self.loggers = instantiate_all(cfg.get("logger"))
+        self.callbacks = instantiate_all(cfg.get("callbacks"))
+        self.timer = TaskTimer()
+        self.mid_task = MidTaskCheckpoints(run_dir, self.stops, cfg.get("checkpoint_every_n_steps"), self.loggers)
+        self.mid_task.timer = self.timer
+        self.base_lr = self.approach.lr
+        device = self.make_trainer(0).strategy.root_device
+        self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
+        self.names = [t.name for t in self.stream.tasks]
+        start, resume_point = self.restore() if self.previous else self.start()
+        try:
+            for t in range(start, len(self.stream)):
+                self.train_task(t, resume_point if t == start else None)
+                self.finish_task(t)
+                if self.stops.signum is not None:
+                    raise RunInterrupted(self.stops.signum, f"after task {t + 1}")
+        except RunInterrupted:
+            self.write_figures()
+            raise
+        self.write_figures()
+        say(f"\n{format_table(self.results)}\nresults: {run_dir / 'results.json'}")
+        log_run_end(self.loggers, self.results, run_dir)
+        for lg in self.loggers:
+            lg.finalize("success")
+        return self.results
+
+    def make_trainer(self, t: int) -> pl.Trainer:
+        cfg = self.cfg
         epochs = cfg.first_task.max_epochs if t == 0 and cfg.first_task.max_epochs else cfg.trainer.max_epochs
-        return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=loggers or False,
-                                       callbacks=callbacks + [timer], default_root_dir=str(run_dir))
+        # the schedule callbacks before the checkpointer (their state goes into its checkpoints), the timer last
+        return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
+                                       callbacks=[*self.callbacks, self.mid_task, self.timer],
+                                       default_root_dir=str(self.run_dir))
 
-    base_lr = approach.lr
-    start = previous["tasks_done"] if previous else 0
-    trainer = make_trainer(start)
-    data = DeviceStream(stream, trainer.strategy.root_device, shared_head=not approach.net.multi_head)
-    eval_limit = cfg.get("eval_max_samples")
+    # --- start or resume ----------------------------------------------------------------------------------------
+    def start(self) -> tuple[int, None]:
+        self.acc_rows, self.cl_state, self.step_offset, self.elapsed_before = [], [], 0, 0.0
+        self.times = {"train": [], "task_end": [], "eval": [], "total": 0.0}
+        self.approach.to(self.data.device)
+        self.random_init = self.evaluate_row()
+        for lg in self.loggers:
+            lg.log_hyperparams(config_dict(self.cfg))
+        self.write_results()  # the random-initialisation row: a run interrupted in task 1 can resume
+        return 0, None
 
-    def evaluate_row() -> list[float]:
-        return [approach.accuracy(data.source(j, "test").head(eval_limit)) for j in range(T)]
+    def restore(self) -> tuple[int, ResumePoint | None]:
+        """Continue from the newest checkpoint: a mid-task one of the first unfinished task, else the last task's."""
+        prev, run_dir = self.previous, self.run_dir
+        done, T = prev["tasks_done"], len(self.stream)
+        self.acc_rows, self.random_init = prev["acc_matrix"], prev["random_init_acc"]
+        self.times, self.cl_state = prev["time_s"], prev["memory"]["cl_state_bytes"]
+        self.elapsed_before = self.times["total"]
+        mid_path = mid_task_checkpoint(run_dir)
+        mid = torch.load(mid_path, map_location="cpu", weights_only=False) if mid_path.exists() else None
+        if mid is not None and mid["cl_task_id"] == done:
+            point = read_resume_point(mid)
+            self.step_offset = mid["cl_task_step_offset"]
+            continue_logs(self.loggers, mid)
+            log.info("resuming %s in task %d of %d from its mid-task checkpoint (epoch %d, after batch %d)",
+                     run_dir, done + 1, T, point.epoch + 1, point.batches_done)
+            return done, point
+        remove_quietly(mid_path)  # a leftover of a task that finished after it
+        if done == 0:
+            self.step_offset = 0
+            continue_logs(self.loggers, None)
+            log.info("resuming %s: no task had finished and no mid-task checkpoint was saved, so task 1 of %d "
+                     "starts over (the random-initialisation row is kept)", run_dir, T)
+            return 0, None
+        ckpt = torch.load(task_checkpoint(run_dir, done - 1), map_location="cpu", weights_only=False)
+        self.approach.load_state_dict(ckpt["state_dict"])
+        self.approach.on_load_checkpoint(ckpt)
+        self.step_offset = ckpt["cl_step_offset"]
+        continue_logs(self.loggers, ckpt)
+        log.info("resuming %s at task %d of %d (tasks 1-%d finished)", run_dir, done + 1, T, done)
+        return done, None
 
-    if previous:
-        ckpt = torch.load(run_dir / CHECKPOINT_DIR / f"task_{start - 1}.ckpt", map_location="cpu", weights_only=False)
-        approach.load_state_dict(ckpt["state_dict"])
-        approach.on_load_checkpoint(ckpt)
-        acc_rows, random_init = previous["acc_matrix"], previous["random_init_acc"]
-        times = previous["time_s"]
-        cl_state = previous["memory"]["cl_state_bytes"]
-        step_offset = ckpt["cl_step_offset"]
-        elapsed_before = times["total"]
-        log.info("resuming %s at task %d of %d", run_dir, start + 1, T)
-    else:
-        acc_rows, cl_state, step_offset, elapsed_before = [], [], 0, 0.0
-        times = {"train": [], "task_end": [], "eval": [], "total": 0.0}
-        approach.to(data.device)
-        random_init = evaluate_row()
-        for lg in loggers:
-            lg.log_hyperparams(config_dict(cfg))
+    # --- one task -----------------------------------------------------------------------------------------------
+    def train_task(self, t: int, resume_point: ResumePoint | None):
+        approach, cfg = self.approach, self.cfg
+        if resume_point is None:
+            pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
+        approach.task_id, approach.step_offset = t, self.step_offset
+        approach.lr = cfg.first_task.lr if t == 0 and cfg.first_task.lr else self.base_lr
+        trainer = self.trainer = self.make_trainer(t)
+        train = TaskBatches(approach.train_sources(self.data, t), approach.hparams.batch_size, shuffle=True,
+                            seed=task_seed(cfg.seed, t))
+        valid_sources = [s for s in approach.valid_sources(self.data, t) if len(s.y)]
+        valid = TaskBatches(valid_sources, approach.hparams.eval_batch_size) if valid_sources else None
+        ckpt_path = None
+        if resume_point is not None:
+            train.start_at(resume_point.epoch, resume_point.batches_done)
+            self.mid_task.resume = resume_point
+            self.timer.resumed_seconds = resume_point.train_seconds
+            ckpt_path = str(mid_task_checkpoint(self.run_dir))
+        # the run's own checkpoint (approach settings are dataclasses, which torch's weights-only loader refuses)
+        trainer.fit(approach, train, valid, ckpt_path=ckpt_path, weights_only=False)
+        train.close()  # the next task's data need not share memory with this task's
+        if valid is not None:
+            valid.close()
+        self.step_offset += trainer.global_step
 
-    names = [t.name for t in stream.tasks]
-    for t in range(start, T):
-        pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
-        approach.task_id, approach.step_offset = t, step_offset
-        approach.lr = cfg.first_task.lr if t == 0 and cfg.first_task.lr else base_lr
-        trainer = trainer if t == start else make_trainer(t)
-        train_batches = TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size, shuffle=True,
-                                    seed=task_seed(cfg.seed, t))
-        valid_batches = TaskBatches(approach.valid_sources(data, t), approach.hparams.eval_batch_size)
-        trainer.fit(approach, train_batches, valid_batches)
-        train_batches.close()  # the next task's data need not share memory with this task's
-        valid_batches.close()
-        step_offset += trainer.global_step
-
+    def finish_task(self, t: int):
+        """Evaluate every task, then log, checkpoint and write the results (in this order: results.json never
+        names a task whose checkpoint is missing, and each checkpoint knows how far the logs got)."""
         t0 = time.perf_counter()
-        acc_rows.append(evaluate_row())
-        times["eval"].append(time.perf_counter() - t0)
-        times["train"].append(timer.train_seconds)
-        times["task_end"].append(timer.task_end_seconds)
-        cl_state.append(approach.cl_state_bytes())
-        times["total"] = elapsed_before + time.perf_counter() - t_start
-
-        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / f"task_{t}.ckpt")
-        results = build_results(
-            stream=stream.name, approach=approach.name, model=approach.net.name, seed=cfg.seed, task_names=names, acc_rows=acc_rows,
-            random_init_acc=random_init, time_s=times,
-            memory={"params": sum(p.numel() for p in approach.net.parameters()), "cl_state_bytes": cl_state},
-            approach_info=approach.approach_info(), config=config_dict(cfg))
-        if trainer.is_global_zero:
-            write_results(run_dir, results)
-            for cb in callbacks:  # task-end files of a protocol (e.g. the MAS re-implementation's run folder)
+        self.acc_rows.append(self.evaluate_row())
+        self.times["eval"].append(time.perf_counter() - t0)
+        self.times["train"].append(self.timer.train_seconds)
+        self.times["task_end"].append(self.timer.task_end_seconds)
+        self.cl_state.append(self.approach.cl_state_bytes())
+        results = self.build_results()
+        log_task_end(self.loggers, results, t, self.step_offset)
+        for lg in self.loggers:
+            lg.save()
+        self.trainer.save_checkpoint(task_checkpoint(self.run_dir, t))
+        self.write_results(results)
+        if self.trainer.is_global_zero:
+            remove_quietly(mid_task_checkpoint(self.run_dir))
+            for cb in self.callbacks:  # task-end files of a protocol (e.g. the MAS re-implementation's run folder)
                 if hasattr(cb, "on_task_evaluated"):
-                    cb.on_task_evaluated(approach, t, acc_rows[-1], run_dir)
-        log_task_end(approach, loggers, results, t, step_offset)
+                    cb.on_task_evaluated(self.approach, t, self.acc_rows[-1], self.run_dir)
 
-    results = read_results(run_dir) if start == T else results
-    if rank_zero_only.rank == 0:
-        print(f"\n{format_table(results)}\nresults: {run_dir / 'results.json'}", flush=True)
-    log_run_end(loggers, results, run_dir)
-    for lg in loggers:
-        lg.finalize("success")
-    return results
+    def evaluate_row(self) -> list[float]:
+        limit = self.cfg.get("eval_max_samples")
+        return [self.approach.accuracy(self.data.source(j, "test").head(limit)) for j in range(len(self.stream))]
+
+    # --- files --------------------------------------------------------------------------------------------------
+    def build_results(self) -> dict:
+        self.times["total"] = self.elapsed_before + time.perf_counter() - self.t_start
+        approach = self.approach
+        self.results = build_results(
+            stream=self.stream.name, approach=approach.name, model=approach.net.name, seed=self.cfg.seed,
+            task_names=self.names, acc_rows=self.acc_rows, random_init_acc=self.random_init, time_s=self.times,
+            memory={"params": sum(p.numel() for p in approach.net.parameters()), "cl_state_bytes": self.cl_state},
+            approach_info=approach.approach_info(), config=config_dict(self.cfg))
+        return self.results
+
+    @rank_zero_only
+    def write_results(self, results: dict | None = None):
+        write_results(self.run_dir, results or self.build_results())
+
+    @rank_zero_only
+    def write_figures(self):
+        """The plots, drawn once: at the end of the run, or when it is interrupted."""
+        if self.acc_rows:
+            write_figures(self.run_dir, self.results)
+            self.approach.write_figures(self.run_dir)
 
 
 @rank_zero_only
@@ -163,7 +264,7 @@ def log_run_end(loggers: list, results: dict, run_dir: Path):
 
 
 @rank_zero_only
-def log_task_end(approach: ContinualApproach, loggers: list, results: dict, t: int, step: int):
+def log_task_end(loggers: list, results: dict, t: int, step: int):
     metrics = {f"acc/{name}": a for name, a in zip(results["task_names"], results["acc_matrix"][t])}
     metrics.update({f"cl/{k}": v for k, v in results["metrics"].items()})
     metrics["cl/tasks_done"] = t + 1

@@ -6,22 +6,31 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cl.metrics import all_metrics
+from cl.metrics import all_metrics, forgetting_per_task
 
 RESULTS_FILE = "results.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes | str):
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
+    """Write to a temp file in the same folder, then rename: readers never see a half-written file. The file gets
+    the permissions a plain open() would give it (mkstemp's own are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -36,11 +45,13 @@ def build_results(*, stream: str, approach: str, model: str, seed: int, task_nam
                   approach_info: dict, config: dict) -> dict:
     """`acc_matrix` holds one row per finished task (all T columns); metrics cover the finished tasks."""
     k = len(acc_rows)
-    metrics = all_metrics(np.asarray(acc_rows)[:, :k], random_init_acc[:k]) if k else {}
+    R = np.asarray(acc_rows, dtype=float).reshape(k, len(task_names))[:, :k]
+    metrics = all_metrics(R, random_init_acc[:k]) if k else {}
     return {"stream": stream, "approach": approach, "model": model, "seed": seed, "task_names": task_names,
             "acc_matrix": acc_rows, "random_init_acc": random_init_acc, "metrics": metrics, "time_s": time_s,
             "memory": memory, "approach_info": approach_info, "config": config,
-            "tasks_done": k, "complete": k == len(task_names)}
+            "tasks_done": k, "complete": k == len(task_names),
+            "forgetting_per_task": forgetting_per_task(R).tolist() if k else []}
 
 
 def write_results(run_dir: Path, results: dict):
@@ -53,7 +64,11 @@ def write_results(run_dir: Path, results: dict):
     for name, row in zip(results["task_names"], results["acc_matrix"]):
         w.writerow([name] + [f"{a:.6f}" for a in row])
     atomic_write(run_dir / "acc_matrix.csv", buf.getvalue())
-    atomic_write(run_dir / "acc_matrix.png", acc_matrix_png(results))
+
+
+def write_figures(run_dir: Path, results: dict):
+    """The plots (drawn once a run ends or is interrupted: a redraw after every task would cost seconds)."""
+    atomic_write(Path(run_dir) / "acc_matrix.png", acc_matrix_png(results))
 
 
 def read_results(run_dir: Path) -> dict | None:
@@ -96,23 +111,41 @@ def acc_matrix_png(results: dict) -> bytes:
     return buf.getvalue()
 
 
-def format_table(results: dict) -> str:
-    """The accuracy matrix and the metrics as plain-text tables (printed at the end of a run)."""
+def format_table(results: dict, width: int | None = None) -> str:
+    """The accuracy matrix, a per-task summary and the metrics as plain-text tables (printed at the end of a run).
+    The matrix is left out when it is wider than `width` (the terminal's, by default): the per-task summary
+    always fits, and acc_matrix.csv / acc_matrix.png hold the whole matrix."""
     names = results["task_names"]
+    width = width or shutil.get_terminal_size(fallback=(120, 24)).columns
     w = max(8, max(len(n) for n in names) + 1)
-    lines = ["accuracy (%) — rows: after training task, columns: evaluated on task",
-             " " * w + "".join(f"{n:>{w}}" for n in names),
-             f"{'random':<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in results["random_init_acc"])]
-    for name, row in zip(names, results["acc_matrix"]):
-        lines.append(f"{name:<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in row))
+    lines = []
+    if w * (len(names) + 1) <= width:
+        lines += ["accuracy (%) — rows: after training task, columns: evaluated on task",
+                  " " * w + "".join(f"{n:>{w}}" for n in names),
+                  f"{'random':<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in results["random_init_acc"])]
+        for name, row in zip(names, results["acc_matrix"]):
+            lines.append(f"{name:<{w}}" + "".join(f"{100 * a:>{w}.2f}" for a in row))
+        lines.append("")
+    R = np.asarray(results["acc_matrix"], dtype=float)
+    k = len(R)
+    if k:
+        forgot = forgetting_per_task(R[:, :k])
+        lines.append(f"{'task':<{w}}{'trained (%)':>13}{'final (%)':>11}{'change (pp)':>13}{'forgetting (pp)':>17}")
+        for j in range(k):
+            lines.append(f"{names[j]:<{w}}{100 * R[j, j]:>13.2f}{100 * R[-1, j]:>11.2f}"
+                         f"{100 * (R[-1, j] - R[j, j]):>+13.2f}{100 * forgot[j]:>17.2f}")
+        lines.append("(trained: just after training the task; forgetting: best earlier accuracy − final, "
+                     "positive = forgot)")
+        lines.append("")
     m = results["metrics"]
     labels = {"acc": "ACC (%)", "bwt": "BWT, GEM ÷(T-1) (pp)", "bwt_blip": "BWT, BLIP ÷T (pp)",
               "fwt": "FWT vs random init (pp)", "forgetting": "forgetting (pp)", "la": "LA (%)"}
-    lines.append("")
     lines.append(f"{'metric':<26}{'value':>10}")
     for key, label in labels.items():
         if key in m:
             lines.append(f"{label:<26}{100 * m[key]:>10.2f}")
     t = results["time_s"]
     lines.append(f"{'time (s)':<26}{t['total']:>10.1f}")
+    if not lines[0].startswith("accuracy"):
+        lines.append(f"(the {len(names)}×{len(names)} accuracy matrix is in acc_matrix.csv and acc_matrix.png)")
     return "\n".join(lines)

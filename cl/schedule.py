@@ -15,12 +15,24 @@ class PatienceSchedule(Callback):
             raise ConfigError(f"schedule needs lr_patience >= 1, lr_factor > 1, lr_min > 0 "
                               f"(got {lr_patience}, {lr_factor}, {lr_min})")
         self.lr_patience, self.lr_factor, self.lr_min, self.monitor = lr_patience, lr_factor, lr_min, monitor
+        self._restored = False
 
     def on_fit_start(self, trainer, pl_module):
+        if self._restored:  # a fit resumed from a mid-task checkpoint continues the task's schedule
+            self._restored = False
+            return
         self.best = math.inf
         self.best_state = None
         self.patience = self.lr_patience
         self.lr = pl_module.lr
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_state": self.best_state, "patience": self.patience, "lr": self.lr}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.best_state = state_dict["best"], state_dict["best_state"]
+        self.patience, self.lr = state_dict["patience"], state_dict["lr"]
+        self._restored = True
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

@@ -91,11 +91,14 @@ def split_valid(train: Split, pc_valid: float, valid_from_train: bool, generator
     """Carve a validation split off `train`.
 
     `valid_from_train=True` reproduces the official BLIP/HAT MNIST protocol, where validation is a copy of the
-    whole training set (so model selection runs on training loss)."""
+    whole training set (so model selection runs on training loss). `pc_valid=0`: no validation split, every
+    sample trains (GEM's and BCL's protocols)."""
     if valid_from_train:
         return train, train
-    if not 0.0 < pc_valid < 1.0:
-        raise ValueError(f"pc_valid must be in (0, 1), got {pc_valid}")
+    if not 0.0 <= pc_valid < 1.0:
+        raise ValueError(f"pc_valid must be in [0, 1), got {pc_valid}")
+    if pc_valid == 0.0:
+        return train, Split(train.x[:0], train.y[:0])
     perm = torch.randperm(len(train), generator=generator)
     n_valid = max(1, int(round(pc_valid * len(train))))
     v, t = perm[:n_valid].sort().values, perm[n_valid:].sort().values

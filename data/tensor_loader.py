@@ -32,6 +32,16 @@ class BatchSource:
     def to(self, device) -> "BatchSource":
         return BatchSource(self.x.to(device), self.y.to(device), self.task, self.transform)
 
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The samples in order, `batch_size` at a time (evaluation): slices of in-memory tensors (no gather),
+        DataLoader workers for a disk cache."""
+        if isinstance(self.x, MemmapImages):
+            yield from TaskBatches([self], batch_size, shard=False)
+            return
+        for start in range(0, len(self.y), batch_size):
+            end = start + batch_size
+            yield self.transform(self.x[start:end]), self.y[start:end], self.task
+
     def head(self, n: int | None) -> "BatchSource":
         """The first `n` samples (all when `n` is None), e.g. to cap evaluation in debug runs."""
         if n is None or n >= len(self.y):
@@ -54,6 +64,7 @@ class TaskBatches:
         self.drop_last = drop_last
         self.shard = shard
         self.epoch = 0
+        self._skip_batches = 0
         sizes = torch.tensor([len(s.y) for s in self.sources])
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
         self.n = int(self.offsets[-1])
@@ -85,6 +96,11 @@ class TaskBatches:
         n = -(-self.n // world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def start_at(self, epoch: int, batches_done: int) -> None:
+        """Continue an interrupted epoch: the next iteration is epoch `epoch` (0-based), without its first
+        `batches_done` batches (a mid-task resume; Lightning's loops restore the step counts themselves)."""
+        self.epoch, self._skip_batches = epoch, batches_done
+
     def close(self):
         """Let go of the sources and stop the loader's workers: a finished Trainer keeps its loaders until it is
         garbage, and with them the task's device copy of the data."""
@@ -94,8 +110,9 @@ class TaskBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]]:
         if not self.sources:
             raise RuntimeError("these TaskBatches were closed; build new ones from the task's sources")
-        order = self._rank_indices()
+        order = self._rank_indices()[self._skip_batches * self.batch_size:]
         self.epoch += 1
+        self._skip_batches = 0
         if self.streamed:
             yield from self._iter_streamed(order)
             return

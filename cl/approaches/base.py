@@ -16,6 +16,7 @@ Per-parameter state that must survive checkpoints belongs in registered buffers 
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from cl.errors import TrainingError
 from cl.models.network import TaskNetwork
-from data.tensor_loader import BatchSource, TaskBatches
+from data.tensor_loader import BatchSource
 
 if TYPE_CHECKING:
     from cl.task_data import DeviceStream
@@ -62,6 +63,7 @@ class ContinualApproach(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cl_task_id"] = self.task_id
+        checkpoint["cl_task_step_offset"] = self.step_offset  # optimizer steps before this task
         checkpoint["cl_step_offset"] = self.step_offset + self.trainer.global_step
 
     # --- data: what each task trains and validates on ------------------------------------------------------
@@ -122,6 +124,11 @@ class ContinualApproach(pl.LightningModule):
     def on_train_epoch_start(self):
         self._loss_sum, self._n_batches = None, 0
 
+    def restore_epoch_loss(self, loss_sum: float | None, n_batches: int) -> None:
+        """The running loss of an epoch interrupted by a mid-task checkpoint (see cl/checkpointing.py)."""
+        self._loss_sum = None if loss_sum is None else torch.tensor(loss_sum, device=self.device)
+        self._n_batches = n_batches
+
     def validation_step(self, batch, batch_idx):
         x, y, task = batch
         logits = self(x, task)
@@ -130,11 +137,15 @@ class ContinualApproach(pl.LightningModule):
         self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, logger=False,
                  batch_size=len(y), sync_dist=True)
 
+    def epoch_loss(self) -> float | None:
+        """Mean training loss of the epoch so far (None before its first batch)."""
+        return None if self._n_batches == 0 else float(self._loss_sum) / self._n_batches
+
     def on_train_epoch_end(self):
-        if self._n_batches == 0:
+        train_loss = self.epoch_loss()
+        if train_loss is None:
             return
-        train_loss = float(self._loss_sum) / self._n_batches
-        if not torch.isfinite(torch.tensor(train_loss)):
+        if not math.isfinite(train_loss):
             raise TrainingError(
                 f"the training loss became {train_loss} in task {self.task_id} (epoch {self.current_epoch}); "
                 f"lower approach.lr (now {self.lr:g}) or the approach's regularization strength")
@@ -159,18 +170,21 @@ class ContinualApproach(pl.LightningModule):
         for lg in self.trainer.loggers:
             lg.log_metrics(metrics, step=self.logger_step if step is None else step)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def accuracy(self, source: BatchSource) -> float:
         was_training = self.training
         self.eval()
-        correct = torch.zeros((), dtype=torch.long, device=source.x.device)
-        for x, y, task in TaskBatches([source], self.hparams.eval_batch_size, shard=False):
+        correct = torch.zeros((), dtype=torch.long, device=source.y.device)
+        for x, y, task in source.batches(self.hparams.eval_batch_size):
             correct += (self(x, task).argmax(1) == y).sum()
         self.train(was_training)
         return int(correct) / len(source.y)
 
     def approach_info(self) -> dict:
         return {}
+
+    def write_figures(self, run_dir) -> None:
+        """Approach-specific plots, drawn once when the run ends or is interrupted (e.g. BLIP's bits.png)."""
 
     def cl_state_bytes(self) -> int:
         """Bytes the approach keeps beyond the network itself (importances, anchors, memories, bit counts)."""

@@ -71,8 +71,10 @@ class BLIP(ContinualApproach):
             return
         layers = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in per_layer.items())
         log.info("task %d: BLIP capacity used %.2f%% (%s)", t + 1, 100 * capacity, layers)
-        atomic_write(Path(self.trainer.default_root_dir) / BITS_PLOT,
-                     bits_png(self.bit_history, self.quantizer.settings.max_bit))
+
+    def write_figures(self, run_dir):
+        if self.bit_history:
+            atomic_write(Path(run_dir) / BITS_PLOT, bits_png(self.bit_history, self.quantizer.settings.max_bit))
 
     def approach_info(self) -> dict:
         per_layer = self.quantizer.capacity_per_layer()

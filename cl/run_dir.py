@@ -1,0 +1,59 @@
+"""What a run leaves in its run dir when it stops early (light: imported by train.py before torch).
+
+A failed run that saved nothing worth keeping (no finished task, no checkpoint) removes what it created, and the
+run dir itself when Hydra made it for this run; one that did save something keeps it and gets `failed.txt` with
+the error. A resumed run never removes anything: the run dir belongs to the run it continues."""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+FAILED_FILE = "failed.txt"
+HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
+
+
+class RunDirState:
+    """The run dir's entries when the job started, so that a failure removes only what this run added."""
+
+    def __init__(self, run_dir: Path, resuming: bool):
+        self.run_dir, self.resuming = Path(run_dir), resuming
+        self.entries_at_start = set(p.name for p in self.run_dir.iterdir()) if self.run_dir.is_dir() else set()
+
+    def _saved_progress(self) -> bool:
+        checkpoints = self.run_dir / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+            return True
+        try:
+            return json.loads((self.run_dir / "results.json").read_text()).get("tasks_done", 0) > 0
+        except (OSError, ValueError):
+            return False
+
+    def settle_failure(self, error: str) -> str | None:
+        """Clean up after a failed run; returns where the error was recorded, if the run dir was kept."""
+        if self.resuming or not self.run_dir.is_dir():
+            return None
+        if self._saved_progress():
+            path = self.run_dir / FAILED_FILE
+            path.write_text(f"{datetime.datetime.now().isoformat(timespec='seconds')} error: {error}\n")
+            return str(path)
+        for entry in self.run_dir.iterdir():
+            if entry.name not in self.entries_at_start:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if self.entries_at_start <= HYDRA_ENTRIES:  # Hydra made this folder for this run: nothing else is in it
+            shutil.rmtree(self.run_dir)
+        return None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir` (the data root too, when it was given on the command
+    line: a resumed run reads its data from the current setting)."""
+    extra = ""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        extra = "".join(f" {o}" for o in HydraConfig.get().overrides.task if o.startswith("paths.data_dir="))
+    except ValueError:  # not running under Hydra
+        pass
+    return f"resume with: python train.py resume=true hydra.run.dir={run_dir}{extra}"
