@@ -5,18 +5,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cl.errors import CLError, RunInterrupted
+from cl.errors import RunInterrupted, first_cl_error
 from cl.options import check_options
 from cl.run_dir import RunDirState, resume_command
-
-
-def first_cl_error(e: BaseException) -> CLError | None:
-    """Hydra wraps errors raised while instantiating; find ours to print its one line."""
-    while e is not None:
-        if isinstance(e, CLError):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -139,7 +139,12 @@ class MidTaskCheckpoints(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._batch_idx = batch_idx
-        if self.stops.agreed():
+        stop = self.stops.agreed()
+        # not after an epoch's last batch: its validation and epoch end are still to run, and Lightning would resume
+        # from there in the next epoch; a stop waits for the next batch (or, in the last epoch, the task's end)
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
+        if stop:
             self.save(trainer)
             raise RunInterrupted(self.stops.signum, f"in task {pl_module.task_id + 1}, epoch "
                                  f"{trainer.current_epoch + 1}, after batch {batch_idx + 1}")

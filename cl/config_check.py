@@ -109,8 +109,9 @@ def check_resume_config(cfg: DictConfig, previous: dict | None, run_dir: Path):
     """A resumed run continues with the saved experiment config; an explicit override that contradicts it is an
     error (it would silently mix two experiments)."""
     if previous is None:
-        raise ConfigError(f"resume=true but {run_dir} holds no results.json; set hydra.run.dir to the folder of "
-                          f"the run to continue")
+        raise ConfigError(f"resume=true but {run_dir} holds no results.json, so no run was saved there (a run "
+                          f"writes it as soon as it starts training); set hydra.run.dir to the folder of the run to "
+                          f"continue")
     saved = OmegaConf.create(previous["config"])
     for key in RESUME_KEYS:
         old = OmegaConf.select(saved, key)

@@ -17,6 +17,15 @@ class TrainingError(CLError):
     """Training diverged (NaN/inf loss) or otherwise cannot continue."""
 
 
+def first_cl_error(e: BaseException | None) -> CLError | None:
+    """Hydra wraps errors raised while instantiating: find ours (to print its one line)."""
+    while e is not None:
+        if isinstance(e, CLError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run after it saved what it needs to resume (cl/checkpointing.py); not a
     failure: train.py prints how to resume and exits with the shell's code for the signal."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from pathlib import Path
 
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
@@ -102,7 +103,6 @@ RUN_ID_FILE = "run_id"
 def wandb_logger(resume: bool = False, **kwargs):
     """A Lightning WandbLogger that runs offline (files under save_dir/wandb, `wandb sync` later) when no API key
     is configured, instead of prompting or failing; a resumed run (`resume=true`) continues the same W&B run."""
-    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     if kwargs.get("offline") is None:
@@ -114,7 +114,7 @@ def wandb_logger(resume: bool = False, **kwargs):
         if resume and id_file.exists():
             kwargs["id"] = id_file.read_text().strip()
         else:
-            kwargs["id"] = wandb.util.generate_id()
+            kwargs["id"] = uuid.uuid4().hex[:8]  # W&B's own ids are 8 lower-case alphanumerics too
             if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
                 id_file.parent.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(kwargs["id"] + "\n")

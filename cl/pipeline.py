@@ -112,6 +112,7 @@ class TaskLoop:
         device = self.make_trainer(0).strategy.root_device
         self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
         self.names = [t.name for t in self.stream.tasks]
+        self.check_validation()
         start, resume_point = self.restore() if self.previous else self.start()
         try:
             for t in range(start, len(self.stream)):
@@ -136,6 +137,13 @@ class TaskLoop:
         return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
                                        callbacks=[*self.callbacks, self.mid_task, self.timer],
                                        default_root_dir=str(self.run_dir))
+
+    def check_validation(self):
+        needs = [type(cb).__name__ for cb in self.callbacks if getattr(cb, "needs_validation", False)]
+        if needs and not any(len(s.y) for s in self.approach.valid_sources(self.data, 0)):
+            raise ConfigError(f"{', '.join(needs)} selects on validation loss, but the stream has no validation "
+                              f"split (stream.pc_valid=0): set stream.pc_valid > 0 or stream.valid_from_train=true, "
+                              f"or use callbacks=default")
 
     # --- start or resume ----------------------------------------------------------------------------------------
     def start(self) -> tuple[int, None]:

@@ -10,6 +10,7 @@ from cl.errors import ConfigError
 
 
 class PatienceSchedule(Callback):
+    needs_validation = True  # the pipeline refuses a stream without a validation split for it
     def __init__(self, lr_patience: int = 5, lr_factor: float = 3.0, lr_min: float = 1e-4, monitor: str = "val/loss"):
         if lr_patience < 1 or lr_factor <= 1 or lr_min <= 0:
             raise ConfigError(f"schedule needs lr_patience >= 1, lr_factor > 1, lr_min > 0 "

@@ -1,12 +1,13 @@
 """Each kind of bad input stops with one clear line, a non-zero exit, and no half-written results."""
 import gzip
+import json
 import shutil
 
 import pytest
 
 from data.mnist import load_mnist
-from cl.errors import DatasetError
-from tests.conftest import SHARED_DATA, run_cli
+from cl.errors import DatasetError, first_cl_error
+from tests.conftest import SHARED_DATA, run_cli, run_pipeline
 
 
 def error_line(proc) -> str:
@@ -20,33 +21,56 @@ def error_line(proc) -> str:
 @pytest.mark.parametrize("args,expected", [
     (["approach.lr=abc"], "approach.lr='abc' has the wrong type: expected float"),
     (["trainer.max_epochs=many"], "trainer.max_epochs='many' has the wrong type"),
-    (["seed=x"], "seed='x' must be an integer"),
-    (["approach=independent", "model.head=shared"], "use model.head=multi"),
-    (["model.head=both"], "model.head='both' is not one of"),
-    (["approach.lr=1e38"], "the training loss became nan in task 0"),
-    (["stream.tasks=[[0,1],[1,2]]"], "must be disjoint groups"),
+    (["seed=x"], "seed='x' has the wrong type: expected int"),
+    (["model.head=both"], "model.head='both' is not one of 'multi', 'shared'"),
+    (["approach.momentum=1.5"], "approach.momentum=1.5 is out of range: must be a number >= 0 and < 1"),
 ])
-def test_bad_values_stop_with_one_line(args, expected, tmp_path):
-    proc = run_cli([*args, f"hydra.run.dir={tmp_path}"])
+def test_bad_values_stop_with_one_line_and_leave_no_run_dir(args, expected, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}"])
     assert expected in error_line(proc)
-    assert not (tmp_path / "results.json").exists()
+    assert not run_dir.exists()  # Hydra made it for this run, and nothing was saved
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["approach.no_such_knob=1"], "Key 'no_such_knob' is not in struct"),
-    (["stream=no_such_stream"], "Could not find 'stream/no_such_stream'"),
+    (["approach=independent", "model.head=shared"], "use model.head=multi"),
+    (["stream.tasks=[[0,1],[1,2]]"], "must be disjoint groups"),
+    (["trainer=gpu"], "no GPU is visible"),
+    (["stream.pc_valid=0", "callbacks=hat_schedule"], "no validation split"),
 ])
-def test_unknown_options_fail_in_hydra_before_any_work(args, expected, tmp_path):
-    proc = run_cli([*args, f"hydra.run.dir={tmp_path}"])
-    assert proc.returncode != 0 and expected in proc.stderr
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+def test_impossible_combinations_stop_before_training(args, expected, tmp_path):
+    with pytest.raises(Exception) as err:
+        run_pipeline(args, tmp_path)
+    assert expected in str(first_cl_error(err.value))
+    assert not (tmp_path / "results.json").exists() or json.loads((tmp_path / "results.json").read_text())["tasks_done"] == 0
 
 
-def test_missing_mnist_names_the_path(tmp_path):
-    proc = run_cli(["stream=mnist5", f"paths.data_dir={tmp_path}", "stream.download=false",
-                    f"hydra.run.dir={tmp_path / 'run'}"])
-    line = error_line(proc)
-    assert f"{tmp_path}/mnist" in line and "CL_DATA_DIR" in line
+def test_a_failed_run_leaves_no_run_dir_and_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["approach.lr=1e38", "approach=sgd", f"hydra.run.dir={run_dir}"])
+    assert "the training loss became nan in task 0" in error_line(proc)
+    assert not run_dir.exists()
+
+
+def test_missing_mnist_names_the_path_and_creates_nothing(tmp_path):
+    missing = tmp_path / "no" / "such" / "root"
+    with pytest.raises(DatasetError) as err:
+        load_mnist(missing, allow_download=False)
+    assert f"{missing}/mnist" in str(err.value) and "CL_DATA_DIR" in str(err.value)
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_failed_download_creates_no_folders(tmp_path, monkeypatch):
+    import data.download
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.download.urllib.request, "urlopen", offline)
+    dest = tmp_path / "no" / "such" / "root" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    with pytest.raises(DatasetError, match="could not download t10k-labels-idx1-ubyte.gz"):
+        data.download.download(["http://127.0.0.1:9/x"], dest)
+    assert not (tmp_path / "no").exists()
 
 
 def corrupt_copy(tmp_path, stem: str, mutate) -> None:
@@ -87,3 +111,4 @@ def test_corrupt_dataset_via_cli_keeps_earlier_results(mnist_dir, tmp_path):
     proc = run_cli(["stream=mnist5", f"paths.data_dir={tmp_path}", f"hydra.run.dir={run_dir}"])
     assert "truncated or corrupt" in error_line(proc)
     assert (run_dir / "results.json").read_text() == '{"kept": true}'
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "results.json", "train.log"]
