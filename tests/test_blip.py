@@ -228,8 +228,8 @@ def test_capacity_is_reported(tmp_path):
     approach, data = blip_on(gaussian_stream(1), F_prior=1e-9)
     fit_task(approach, data, 0)
     info = approach.approach_info()
-    assert 0 < info["capacity"] <= 1 and set(info["bits_per_layer"]) == {"1"}
-    assert sum(info["bits_per_layer"]["1"]["histogram"]) == 10 * 16 + 16
+    assert 0 < info["capacity"] <= 1 and set(info["bits_per_layer"]) == {"fc1 10→16"}
+    assert sum(info["bits_per_layer"]["fc1 10→16"]["histogram"]) == 10 * 16 + 16
 
 
 def test_cl_state_is_nine_bytes_per_parameter():

@@ -12,7 +12,7 @@ from cl.blip.export import NETWORK_KEY
 from cl.blip.fisher import FisherSettings, estimate_fisher
 from cl.blip.plot import bits_png
 from cl.blip.quant import QuantSettings, TrunkQuantizer
-from cl.models.network import TaskNetwork
+from cl.models.network import TaskNetwork, layer_labels
 from cl.results import atomic_write
 from data.tensor_loader import BatchSource
 
@@ -33,6 +33,7 @@ class BLIP(ContinualApproach):
         self.fisher_settings = fisher or FisherSettings()
         self.quantizer = TrunkQuantizer(net.trunk, QuantSettings(F_prior, max_bit, bound_scale, init, prior_fan))
         self.quantizer.initialize()
+        self.layer_labels = layer_labels(net.trunk)  # module path → "fc1 784→1200" for reports
         self.bit_history: list[dict[str, list[int]]] = []  # per finished task: per-layer histogram of bits
         self._fisher_source: BatchSource | None = None
 
@@ -66,24 +67,28 @@ class BLIP(ContinualApproach):
     def _report(self, t: int):
         per_layer = self.quantizer.capacity_per_layer()
         capacity = self.quantizer.capacity()
-        self.log_to_loggers({"blip/capacity": capacity, **{f"blip/capacity/{k}": v for k, v in per_layer.items()}})
+        short = {path: label.split()[0] for path, label in self.layer_labels.items()}  # "fc1": a metric-name part
+        self.log_to_loggers({"blip/capacity": capacity,
+                             **{f"blip/capacity/{short[k]}": v for k, v in per_layer.items()}})
         if not self.trainer.is_global_zero:
             return
-        layers = ", ".join(f"{k}: {100 * v:.2f}%" for k, v in per_layer.items())
+        layers = ", ".join(f"{self.layer_labels[k]}: {100 * v:.2f}%" for k, v in per_layer.items())
         log.info("task %d: BLIP capacity used %.2f%% (%s)", t + 1, 100 * capacity, layers)
 
     def write_figures(self, run_dir):
         if self.bit_history:
-            atomic_write(Path(run_dir) / BITS_PLOT, bits_png(self.bit_history, self.quantizer.settings.max_bit))
+            labelled = [{self.layer_labels[k]: v for k, v in hist.items()} for hist in self.bit_history]
+            atomic_write(Path(run_dir) / BITS_PLOT, bits_png(labelled, self.quantizer.settings.max_bit))
 
     def approach_info(self) -> dict:
         per_layer = self.quantizer.capacity_per_layer()
         hist = self.quantizer.bit_histograms()
         return {
             "capacity": self.quantizer.capacity(),
-            "bits_per_layer": {layer: {"capacity": per_layer[layer],
-                                       "mean_bits": sum(b * c for b, c in enumerate(hist[layer])) / sum(hist[layer]),
-                                       "histogram": hist[layer]} for layer in per_layer},
+            "bits_per_layer": {self.layer_labels[layer]: {
+                "module": layer, "capacity": per_layer[layer],
+                "mean_bits": sum(b * c for b, c in enumerate(hist[layer])) / sum(hist[layer]),
+                "histogram": hist[layer]} for layer in per_layer},
         }
 
     # --- checkpoints ------------------------------------------------------------------------------------------

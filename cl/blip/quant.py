@@ -198,11 +198,8 @@ class TrunkQuantizer(nn.Module):
             state.freeze(param, fisher_task[name], t, self.settings.max_bit)
 
     # --- reporting --------------------------------------------------------------------------------------------
-    def layer_names(self) -> list[str]:
-        return [name for name, _ in self.layers]
-
     def capacity_per_layer(self) -> dict[str, float]:
-        """Frozen bits ÷ (max_bit × parameters), per layer (weight and bias together)."""
+        """Frozen bits ÷ (max_bit × parameters), per layer (weight and bias together), keyed by module path."""
         return {layer: self._capacity(names) for layer, names in self.layer_params.items()}
 
     def capacity(self) -> float:

@@ -16,6 +16,22 @@ from cl.errors import ConfigError
 HEAD_MODES = ("multi", "shared")
 
 
+def layer_labels(module: nn.Module) -> dict[str, str]:
+    """Human names of the Linear and Conv2d layers of `module`, by module path, in order: `fc1 784→1200`,
+    `conv3 3×3 192→384`, `conv7 1×1/2 64→128` (kernel, /stride when > 1, channels)."""
+    labels, counts = {}, {"fc": 0, "conv": 0}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            counts["fc"] += 1
+            labels[name] = f"fc{counts['fc']} {m.in_features}→{m.out_features}"
+        elif isinstance(m, nn.Conv2d):
+            counts["conv"] += 1
+            stride = f"/{m.stride[0]}" if max(m.stride) > 1 else ""
+            labels[name] = (f"conv{counts['conv']} {m.kernel_size[0]}×{m.kernel_size[1]}{stride} "
+                            f"{m.in_channels}→{m.out_channels}")
+    return labels
+
+
 class TaskNetwork(nn.Module):
     def __init__(self, trunk: Callable[..., nn.Module], input_shape: Sequence[int], task_classes: Sequence[int],
                  head: str = "multi", n_shared_classes: int | None = None, name: str = "model"):
