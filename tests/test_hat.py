@@ -19,7 +19,6 @@ from cl.task_data import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from data.tensor_loader import TaskBatches
 from tests.conftest import run_pipeline
-from tests.test_pipeline import CrashOnFit
 from tests.test_streams_pipeline import MODELS as TINY_MODELS
 
 
@@ -66,7 +65,7 @@ def fit_task(approach: HAT, data: DeviceStream, t: int, epochs: int = 1, callbac
 
 def expected_scale(approach: HAT, w, shape) -> torch.Tensor:
     """1 − min(a_out[i], a_in[j]) element by element (first layer and biases: 1 − a_out[i]), by brute force."""
-    per_layer = approach.cumulative_mask.split([layer.units for layer in approach.unit_layers])
+    per_layer = approach.cumulative_mask.split(approach.unit_sizes)
     a_out = per_layer[w.output]
     scale = torch.empty(shape)
     for i in range(shape[0]):
@@ -78,7 +77,7 @@ def expected_scale(approach: HAT, w, shape) -> torch.Tensor:
 
 def frozen_entries(approach: HAT, w, param: torch.Tensor) -> torch.Tensor:
     """Entries into a used unit (a^{≤t} = 1) from a used unit (or from the input): they must not move."""
-    per_layer = approach.cumulative_mask.split([layer.units for layer in approach.unit_layers])
+    per_layer = approach.cumulative_mask.split(approach.unit_sizes)
     into_used = per_layer[w.output] == 1
     if param.dim() == 1:
         return into_used
@@ -220,6 +219,15 @@ def test_state_loads_into_a_fresh_approach_and_counts_embeddings_and_masks():
     assert 0 < info["used_units"] <= 1 and set(info["used_units_per_layer"]) == {"2", "4"}
 
 
+def test_a_batch_mixing_tasks_masks_each_sample_with_its_own_task():
+    approach, data = hat_on(*TRUNKS["mlp"], n_tasks=3)
+    x = data.source(0, "test").x[:6]
+    task = torch.tensor([0, 1, 2, 2, 1, 0])
+    mixed = approach.eval()(x, task)
+    for t in range(3):
+        assert torch.allclose(mixed[task == t], approach(x[task == t], t), atol=1e-6)
+
+
 def test_trunk_without_hidden_layer_stops_with_one_line():
     with pytest.raises(ConfigError, match="no hidden layer to mask") as error:
         hat_on(lambda input_shape: MLP(input_shape, ()), (10,))
@@ -235,19 +243,27 @@ def test_impossible_combinations_stop_before_training(override, message, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_results_as_an_uninterrupted_run(tmp_path, monkeypatch):
-    overrides = ["approach=hat", "debug=default", "stream.tasks=[[0,1],[2,3],[4,5]]", "approach.lr=0.1"]
+def test_resume_from_inside_a_task_gives_the_same_results(tmp_path, monkeypatch):
+    """Stopped in the middle of task 2's second epoch (a checkpoint every step), then resumed: the s schedule,
+    the embedding and the cumulative masks continue exactly."""
+    overrides = ["approach=hat", "trainer.max_epochs=2", "+trainer.limit_train_batches=4", "approach.lr=0.1",
+                 "stream.tasks=[[0,1],[2,3],[4,5]]", "checkpoint_every_n_steps=1", "eval_max_samples=200"]
     full = run_pipeline(overrides, tmp_path / "full")
-    crash = CrashOnFit(monkeypatch, crash_at=3)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(overrides, tmp_path / "cut")
-    monkeypatch.setattr(pl.Trainer, "fit", crash.fit)
+
+    def stop(approach, outputs, batch, batch_idx):
+        if approach.task_id == 1 and approach.current_epoch == 1 and batch_idx == 1:
+            raise KeyboardInterrupt("simulated kill after the step's checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HAT, "on_train_batch_end", stop, raising=False)
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            run_pipeline(overrides, tmp_path / "cut")
+    assert (tmp_path / "cut" / "checkpoints" / "mid_task.ckpt").exists()
     resumed = run_pipeline([*overrides, "resume=true"], tmp_path / "cut")
     assert resumed["acc_matrix"] == full["acc_matrix"] and resumed["approach_info"] == full["approach_info"]
     states = [torch.load(tmp_path / run / "checkpoints" / "task_2.ckpt", weights_only=False)["state_dict"]
               for run in ("full", "cut")]
-    for key in ("embedding", "cumulative_mask"):
-        assert torch.equal(states[0][key], states[1][key])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 # the pipeline on digits5 with the MLP runs in tests/test_pipeline.py (every approach in debug mode)

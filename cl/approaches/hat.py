@@ -206,7 +206,7 @@ class HAT(ContinualApproach):
             raise ConfigError(f"approach=hat has no hidden layer to mask in model {self.net.name}; give the trunk a "
                               f"hidden layer (e.g. model.trunk.hidden_sizes=[1200])")
         self.unit_layers, self.masked_weights = plan.layers, plan.weights
-        units = sum(layer.units for layer in plan.layers)
+        units = sum(self.unit_sizes)
         device = next(self.net.parameters()).device
         self.embedding = nn.Parameter(torch.randn(self.n_tasks, units, device=device))  # nn.Embedding's N(0, 1)
         self.cumulative_mask = torch.zeros(units, device=device)
@@ -217,6 +217,10 @@ class HAT(ContinualApproach):
     def trainable_parameters(self) -> list:
         return super().trainable_parameters() + [self.embedding]
 
+    @property
+    def unit_sizes(self) -> list[int]:
+        return [layer.units for layer in self.unit_layers]
+
     # --- masks ------------------------------------------------------------------------------------------------
     def task_masks(self, task: int | torch.Tensor, s: float) -> torch.Tensor:
         """a^t = σ(s·e^t) of every unit: [1, units] for one task, [batch, units] for a task id per sample."""
@@ -224,7 +228,7 @@ class HAT(ContinualApproach):
         return torch.sigmoid(s * e)
 
     def masked_forward(self, x: torch.Tensor, task: int | torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        self._active.per_layer = masks.split([layer.units for layer in self.unit_layers], dim=1)
+        self._active.per_layer = masks.split(self.unit_sizes, dim=1)
         try:
             return self.net(x, task)
         finally:
@@ -250,7 +254,7 @@ class HAT(ContinualApproach):
         if not bool(self.cumulative_mask.any()):
             return  # nothing to protect yet: every scale would be 1
         modules = dict(self.net.trunk.named_modules())
-        per_layer = self.cumulative_mask.split([layer.units for layer in self.unit_layers])
+        per_layer = self.cumulative_mask.split(self.unit_sizes)
         for w in self.masked_weights:
             module = modules[w.layer]
             trailing = (1,) * (module.weight.dim() - 2)  # a conv's kernel positions share the scale
@@ -297,6 +301,6 @@ class HAT(ContinualApproach):
     def approach_info(self) -> dict:
         """Fraction of units some task uses (cumulative mask > 0.5), overall and per unit layer."""
         used = (self.cumulative_mask > 0.5).float()
-        per_layer = used.split([layer.units for layer in self.unit_layers])
+        per_layer = used.split(self.unit_sizes)
         return {"used_units": float(used.mean()),
                 "used_units_per_layer": {layer.gate: float(u.mean()) for layer, u in zip(self.unit_layers, per_layer)}}
