@@ -245,6 +245,13 @@ RULES: dict[str, Rule] = {
     "approach.prior_fan": Choice(("fan_in", "max")),
     "approach.fisher.num_samples": Int(ge=1),
     "approach.fisher.batch_size": Int(ge=1),
+    # --- regularization strength, shared by name (EWC λ, SI c, MAS λ, LwF λ_o, IMM λ, HAT c) ------------------------
+    "approach.lamb": Float(ge=0),
+    # --- approach=hat ----------------------------------------------------------------------------------------------
+    "approach.smax": Float(ge=1),
+    "approach.clipgrad": Float(gt=0),
+    "approach.thres_cosh": Float(gt=0),
+    "approach.thres_emb": Float(gt=0),
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
