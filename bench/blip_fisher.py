@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from cl.approaches.blip import BLIP  # noqa: E402
 from cl.blip.fisher import FisherSettings, estimate_fisher, sample_labels, squared_gradient_sums  # noqa: E402
 from cl.models import MLP, TaskNetwork  # noqa: E402
@@ -85,9 +85,7 @@ def main():
         f"Relative error fast vs loop on {n} samples (float32): per tensor ‖Δ‖/‖F‖ ≤ {tensor_err:.1e}; "
         f"largest per-element error (elements above 1e-6 of the tensor max) {element_err:.1e}.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    write_section("blip_fisher", "## BLIP Fisher estimate\n\n" + text, "python bench/blip_fisher.py")
+    publish(parser, args, "blip_fisher", "## BLIP Fisher estimate\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

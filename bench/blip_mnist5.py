@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 
 GOALS = {"acc": 99.65, "bwt": -0.05, "minutes": 14, "rss_gb": 0.8}
 
@@ -29,7 +29,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "blip_mnist5")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides (the section says which)")
+    parser.add_argument("overrides", nargs="*", default=[], help="extra train.py overrides (a run with them is not "
+                        "published)")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,11 +72,7 @@ def main():
         lines.append(f"Extra overrides: `{' '.join(args.overrides)}`.")
     lines.append(f"1-minute load average of the machine: {load_before:.1f} at the start, {load_after:.1f} at the end "
                  f"(wall-clock figures are only comparable at a load below the core count).")
-    text = "\n".join(lines)
-    print(text)
-    cmd = "python bench/blip_mnist5.py" + (" " + " ".join(args.overrides) if args.overrides else "")
-    protocol = "official recipe with overrides" if args.overrides else "full official protocol"
-    write_section("blip_mnist5", f"## BLIP on MNIST-5 ({protocol}, CPU)\n\n" + text, cmd)
+    publish(parser, args, "blip_mnist5", "## BLIP on MNIST-5 (full official protocol, CPU)\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """BLIP's training overhead and state size.
 
-    python bench/blip_overhead.py [--part epoch|pmnist|both] [--repeats 3] [--pmnist-tasks 10]
+    python bench/blip_overhead.py [--part epoch|pmnist|both] [--repeats 7] [--pmnist-tasks 10]
                                   [--pmnist-train-batches N] [--data-dir ../shared/data]
 
 1. Epoch time of BLIP ÷ SGD: the same MLP 784-1200 (BLIP init for both), split-MNIST task 1, batch 64, lr 0.01,
@@ -28,7 +28,7 @@ from pytorch_lightning import Callback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from cl.approaches.blip import BLIP  # noqa: E402
 from cl.approaches.sgd import SGD  # noqa: E402
 from cl.models import MLP, TaskNetwork  # noqa: E402
@@ -128,7 +128,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("CL_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--part", choices=["epoch", "pmnist", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--epoch-batches", type=int, default=None,
                         help="cap the timed epochs at N batches (more, shorter repeats on a busy machine)")
     parser.add_argument("--pmnist-tasks", type=int, default=10)
@@ -137,16 +137,10 @@ def main():
     args = parser.parse_args()
     if args.part in ("epoch", "both"):
         text = epoch_ratio_section(args.data_dir, args.repeats, args.epoch_batches)
-        print(text, flush=True)
-        write_section("blip_overhead_epoch", "## BLIP training overhead\n\n" + text,
-                      f"python bench/blip_overhead.py --part epoch --repeats {args.repeats}"
-                      + (f" --epoch-batches {args.epoch_batches}" if args.epoch_batches else ""))
+        publish(parser, args, "blip_overhead_epoch", "## BLIP training overhead\n\n" + text)
     if args.part in ("pmnist", "both"):
         text = pmnist_section(args.data_dir, args.pmnist_tasks, args.pmnist_train_batches)
-        print(text, flush=True)
-        cap = f" --pmnist-train-batches {args.pmnist_train_batches}" if args.pmnist_train_batches else ""
-        write_section("blip_overhead_pmnist", "## BLIP state size and per-task time on PMNIST\n\n" + text,
-                      f"python bench/blip_overhead.py --part pmnist{cap}")
+        publish(parser, args, "blip_overhead_pmnist", "## BLIP state size and per-task time on PMNIST\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from data.cifar import CIFAR10, MEAN, STD, load_cifar  # noqa: E402
 from data.image_cache import MemmapImages, cache_key, cached_images  # noqa: E402
 from data.image_files import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -121,8 +121,7 @@ inter-process transfer per batch (a shared-memory tensor), which on a small, sha
 than it saves (`stream.num_workers=0` reads in the main process). Workers pay off when reads hit the disk (cache
 larger than free memory, first epoch) and while the main process drives a GPU. Other jobs shared the 2 CPU cores
 during this run: treat differences below ~30 % as noise."""
-    print(markdown)
-    write_section("data_throughput", markdown, "python bench/data_throughput.py")
+    publish(parser, args, "data_throughput", markdown)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput of the pipeline (Lightning Trainer + approach + device-side batches) against a plain
 PyTorch loop on the same MLP (784-1200, 2-way head) and the same in-memory MNIST tensors, side by side.
 
-    python bench/pipeline_throughput.py [--epochs 3] [--repeats 3] [--data-dir ../shared/data]
+    python bench/pipeline_throughput.py [--epochs 5] [--repeats 3] [--data-dir ../shared/data]
 
 Both run the same number of SGD steps (batch 64) over task 1 of split MNIST; runs alternate and the best of
 `repeats` is kept for each, so machine noise hits both alike. The pipeline time is the whole `Trainer.fit`
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import publish  # noqa: E402
 from cl.approaches.sgd import SGD  # noqa: E402
 from cl.models import MLP, TaskNetwork  # noqa: E402
 from cl.progress import TaskProgressBar  # noqa: E402
@@ -63,10 +63,9 @@ def pipeline(net, source, epochs: int) -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = p.parse_args()
 
     stream = split_mnist(args.data_dir, valid_from_train=True, download=False)
@@ -84,8 +83,7 @@ def main():
     plain_sps, pipe_sps = n / best["plain"], n / best["pipeline"]
     print(f"\nplain loop {plain_sps:.0f} samples/s, pipeline {pipe_sps:.0f} samples/s, "
           f"ratio {ratio:.3f} (goal >= 0.75)")
-    if not args.no_write:
-        write_section("pipeline_throughput", f"""## Pipeline training throughput vs a plain PyTorch loop
+    publish(p, args, "pipeline_throughput", f"""## Pipeline training throughput vs a plain PyTorch loop
 
 MLP 784-1200 with a 2-way head, split MNIST task 1 ({len(source.y)} samples) served by `DeviceStream` (normalized once, in memory),
 batch {BATCH}, SGD lr {LR}, {args.epochs} epochs per run, best of {args.repeats} alternating runs.
@@ -95,7 +93,7 @@ batch {BATCH}, SGD lr {LR}, {args.epochs} epochs per run, best of {args.repeats}
 | plain PyTorch | {plain_sps:.0f} |
 | pipeline (`Trainer.fit`, progress bar on) | {pipe_sps:.0f} |
 | **ratio pipeline / plain** | **{ratio:.3f}** (goal ≥ 0.75) |
-""", command=f"python bench/pipeline_throughput.py --epochs {args.epochs} --repeats {args.repeats}")
+""")
 
 
 if __name__ == "__main__":

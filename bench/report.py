@@ -1,13 +1,17 @@
 """Write one benchmark's section of docs/benchmarks.md, replacing its previous numbers.
 
-Each bench script calls `write_section(name, markdown)`; the section lives between
-`<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers, so scripts never overwrite each other."""
+Each bench script calls `publish(parser, args, name, markdown)`; the section lives between
+`<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers, so scripts never overwrite each other. Only the canonical
+invocation (every option at its default; where the data live does not count) writes the published section: a run
+with other arguments prints its section and leaves docs/benchmarks.md alone."""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import argparse
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -32,3 +36,21 @@ def write_section(name: str, markdown: str, command: str) -> None:
     text = pattern.sub(lambda _: body, text) if pattern.search(text) else f"{text.rstrip()}\n\n{body}\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+# options that say where things are or which sections run, not how anything is measured
+LOCATION_OPTIONS = ("data_dir", "out", "part")
+
+
+def publish(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, markdown: str) -> bool:
+    """Print the section; write it to docs/benchmarks.md only for the canonical invocation. Returns whether it
+    was written."""
+    print(markdown, flush=True)
+    changed = [key for key, value in vars(args).items()
+               if key not in LOCATION_OPTIONS and value != parser.get_default(key)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')}" if not k.startswith("overrides") else "overrides" for k in changed)
+        print(f"\n(not written to docs/benchmarks.md: {flags} differ from the canonical run)", flush=True)
+        return False
+    write_section(name, markdown, f"python bench/{Path(sys.argv[0]).name}")
+    return True

@@ -148,11 +148,12 @@ class TaskLoop:
     # --- start or resume ----------------------------------------------------------------------------------------
     def start(self) -> tuple[int, None]:
         self.acc_rows, self.cl_state, self.step_offset, self.elapsed_before = [], [], 0, 0.0
-        self.times = {"train": [], "task_end": [], "eval": [], "total": 0.0}
+        self.times = {"train": [], "task_end": [], "eval": [], "io": [], "total": 0.0, "setup": 0.0}
         self.approach.to(self.data.device)
         self.random_init = self.evaluate_row()
         for lg in self.loggers:
             lg.log_hyperparams(config_dict(self.cfg))
+        self.times["setup"] = time.perf_counter() - self.t_start  # data, model, random-initialisation row
         self.write_results()  # the random-initialisation row: a run interrupted in task 1 can resume
         return 0, None
 
@@ -162,6 +163,8 @@ class TaskLoop:
         done, T = prev["tasks_done"], len(self.stream)
         self.acc_rows, self.random_init = prev["acc_matrix"], prev["random_init_acc"]
         self.times, self.cl_state = prev["time_s"], prev["memory"]["cl_state_bytes"]
+        self.times.setdefault("io", [0.0] * done)  # runs saved before these were measured
+        self.times.setdefault("setup", 0.0)
         self.elapsed_before = self.times["total"]
         mid_path = mid_task_checkpoint(run_dir)
         mid = torch.load(mid_path, map_location="cpu", weights_only=False) if mid_path.exists() else None
@@ -221,11 +224,14 @@ class TaskLoop:
         self.times["train"].append(self.timer.train_seconds)
         self.times["task_end"].append(self.timer.task_end_seconds)
         self.cl_state.append(self.approach.cl_state_bytes())
+        t0 = time.perf_counter()
+        self.times["io"].append(0.0)
         results = self.build_results()
         log_task_end(self.loggers, results, t, self.step_offset)
         for lg in self.loggers:
             lg.save()
         self.trainer.save_checkpoint(task_checkpoint(self.run_dir, t))
+        self.times["io"][-1] = time.perf_counter() - t0
         self.write_results(results)
         if self.trainer.is_global_zero:
             remove_quietly(mid_task_checkpoint(self.run_dir))
