@@ -112,6 +112,9 @@ class TaskLoop:
         device = self.make_trainer(0).strategy.root_device
         self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
         self.names = [t.name for t in self.stream.tasks]
+        # held for the whole run: the device copies of the test sets are made once, not at every evaluation
+        limit = cfg.get("eval_max_samples")
+        self.test_sources = [self.data.source(j, "test").head(limit) for j in range(len(self.stream))]
         self.check_validation()
         start, resume_point = self.restore() if self.previous else self.start()
         try:
@@ -240,8 +243,7 @@ class TaskLoop:
                     cb.on_task_evaluated(self.approach, t, self.acc_rows[-1], self.run_dir)
 
     def evaluate_row(self) -> list[float]:
-        limit = self.cfg.get("eval_max_samples")
-        return [self.approach.accuracy(self.data.source(j, "test").head(limit)) for j in range(len(self.stream))]
+        return [self.approach.accuracy(source) for source in self.test_sources]
 
     # --- files --------------------------------------------------------------------------------------------------
     def build_results(self) -> dict:
