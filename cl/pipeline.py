@@ -116,21 +116,22 @@ class TaskLoop:
         limit = cfg.get("eval_max_samples")
         self.test_sources = [self.data.source(j, "test").head(limit) for j in range(len(self.stream))]
         self.check_validation()
-        start, resume_point = self.restore() if self.previous else self.start()
+        self.acc_rows: list[list[float]] = []
         try:
+            start, resume_point = self.restore() if self.previous else self.start()
             for t in range(start, len(self.stream)):
                 self.train_task(t, resume_point if t == start else None)
                 self.finish_task(t)
                 if self.stops.signum is not None:
                     raise RunInterrupted(self.stops.signum, f"after task {t + 1}")
-        except RunInterrupted:
+        except BaseException:
             self.write_figures()
+            close_loggers(self.loggers, "failed")
             raise
         self.write_figures()
         say(f"\n{format_table(self.results)}\nresults: {run_dir / 'results.json'}")
         log_run_end(self.loggers, self.results, run_dir)
-        for lg in self.loggers:
-            lg.finalize("success")
+        close_loggers(self.loggers, "success")
         return self.results
 
     def make_trainer(self, t: int) -> pl.Trainer:
@@ -266,6 +267,17 @@ class TaskLoop:
         if self.acc_rows:
             write_figures(self.run_dir, self.results)
             self.approach.write_figures(self.run_dir)
+
+
+def close_loggers(loggers: list, status: str):
+    """Flush every logger and end its run: a W&B run left open would swallow the next run of this process (a
+    Hydra sweep runs its jobs one after another in one process)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in loggers:
+        lg.finalize(status)
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg._experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 @rank_zero_only

@@ -205,3 +205,28 @@ def test_resume_in_a_folder_without_a_run_says_so(tmp_path):
 
     with pytest.raises(ConfigError, match="holds no results.json"):
         run_pipeline(["approach=sgd", "resume=true"], tmp_path)
+
+
+def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_resumed_logs_continue_the_interrupted_ones(tmp_path, tmp_path_factory, with_callback, monkeypatch):
+    """CSV: every row once (checked by assert_same_run); TensorBoard: the same series as an uninterrupted run (the
+    events after the checkpoint are purged); W&B: the resumed run continues the same run id."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = ["approach=sgd", *OVERRIDES, "logger=many"]
+    reference = uninterrupted(overrides, tmp_path_factory)
+    reference_dir = Path(reference[0]["config"]["paths"]["output_dir"])
+    interrupt_and_resume(overrides, tmp_path, with_callback, [("train batch", 13, signal.SIGTERM)])
+    assert_same_run(tmp_path, reference)
+    for tag in ("train/loss", "cl/acc"):
+        assert tensorboard_scalars(tmp_path, tag) == tensorboard_scalars(reference_dir, tag)
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, resumed
