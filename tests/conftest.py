@@ -44,6 +44,28 @@ def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout:
 
 
 @pytest.fixture
+def fit_task(tmp_path):
+    """fit(approach, data, t, epochs=1, callbacks=(), validate=False): one task of an approach through a real
+    Lightning Trainer, as the pipeline trains it (shuffled batches seeded by t), outside the pipeline."""
+    import pytorch_lightning as pl
+
+    from data.tensor_loader import TaskBatches
+
+    def fit(approach, data, t: int, epochs: int = 1, callbacks=(), validate: bool = False):
+        approach.task_id = t
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=None if validate else 0, callbacks=list(callbacks),
+                             default_root_dir=tmp_path)
+        valid = TaskBatches(approach.valid_sources(data, t), 256) if validate else None
+        trainer.fit(approach, TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size,
+                                          shuffle=True, seed=t), valid)
+        return trainer
+
+    return fit
+
+
+@pytest.fixture
 def mnist_dir() -> Path:
     if not (SHARED_DATA / "mnist").exists():
         pytest.skip(f"real MNIST not found in {SHARED_DATA}/mnist")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import tempfile
 
 import pytest
 import pytorch_lightning as pl
@@ -177,15 +176,6 @@ def blip_on(stream: Stream, **kwargs) -> tuple[BLIP, DeviceStream]:
     return approach, DeviceStream(stream, "cpu", shared_head=False)
 
 
-def fit_task(approach: BLIP, data: DeviceStream, t: int, epochs: int = 3, callbacks=()):
-    approach.task_id = t
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=list(callbacks), default_root_dir=tempfile.mkdtemp(prefix="blip_test_"))
-    trainer.fit(approach, TaskBatches(approach.train_sources(data, t), 32, shuffle=True, seed=t),
-                TaskBatches(approach.valid_sources(data, t), 256))
-
-
 class BoxCheck(Callback):
     """After every optimizer step of tasks ≥ 1: each quantized parameter within its box around `prev`."""
 
@@ -205,38 +195,38 @@ class BoxCheck(Callback):
         self.steps += 1
 
 
-def test_every_step_of_later_tasks_stays_in_the_box():
+def test_every_step_of_later_tasks_stays_in_the_box(fit_task):
     approach, data = blip_on(gaussian_stream(3), F_prior=1e-9)
     check = BoxCheck()
     for t in range(3):
-        fit_task(approach, data, t, callbacks=[check])
+        fit_task(approach, data, t, epochs=3, callbacks=[check], validate=True)
     assert check.steps == 2 * 3 * 8 and check.at_edge > 0  # the projection was active, not vacuous
 
 
-def test_full_capacity_after_task_one_means_zero_forgetting():
+def test_full_capacity_after_task_one_means_zero_forgetting(fit_task):
     approach, data = blip_on(gaussian_stream(2), F_prior=1e-30)
-    fit_task(approach, data, 0)
+    fit_task(approach, data, 0, epochs=3, validate=True)
     for _, _, state in approach.quantizer.named_states():
         assert (state.bits == 20).all()
     x = data.source(0, "test").x
     before = approach(x, 0).detach()
-    fit_task(approach, data, 1, epochs=5)
+    fit_task(approach, data, 1, epochs=5, validate=True)
     torch.testing.assert_close(approach(x, 0).detach(), before, rtol=1e-5, atol=1e-5)
 
 
-def test_capacity_is_reported(tmp_path):
+def test_capacity_is_reported(tmp_path, fit_task):
     approach, data = blip_on(gaussian_stream(1), F_prior=1e-9)
-    fit_task(approach, data, 0)
+    fit_task(approach, data, 0, epochs=3, validate=True)
     info = approach.approach_info()
     assert 0 < info["capacity"] <= 1 and set(info["bits_per_layer"]) == {"fc1 10→16"}
     assert sum(info["bits_per_layer"]["fc1 10→16"]["histogram"]) == 10 * 16 + 16
 
 
-def test_cl_state_is_nine_bytes_per_parameter():
+def test_cl_state_is_nine_bytes_per_parameter(fit_task):
     approach, data = blip_on(gaussian_stream(2), F_prior=1e-9)
     quantized = sum(p.numel() for p in approach.quantizer.params.values())
     for t in range(2):
-        fit_task(approach, data, t, epochs=1)
+        fit_task(approach, data, t, epochs=1, validate=True)
         assert approach.cl_state_bytes() == 9 * quantized
 
 

@@ -4,7 +4,6 @@ regularizer, checkpoints into a fresh approach, impossible combinations, and run
 from __future__ import annotations
 
 import math
-import tempfile
 
 import pytest
 import pytorch_lightning as pl
@@ -53,16 +52,6 @@ def hat_on(trunk, input_shape, n_tasks: int = 2, **kwargs) -> tuple[HAT, DeviceS
     return approach, DeviceStream(stream, "cpu", shared_head=False)
 
 
-def fit_task(approach: HAT, data: DeviceStream, t: int, epochs: int = 1, callbacks=()):
-    approach.task_id = t
-    with tempfile.TemporaryDirectory() as root:
-        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                             enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=0, callbacks=list(callbacks), default_root_dir=root)
-        trainer.fit(approach, TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size,
-                                          shuffle=True, seed=t))
-
-
 def expected_scale(approach: HAT, w, shape) -> torch.Tensor:
     """1 − min(a_out[i], a_in[j]) element by element (first layer and biases: 1 − a_out[i]), by brute force."""
     per_layer = approach.cumulative_mask.split(approach.unit_sizes)
@@ -89,7 +78,7 @@ def frozen_entries(approach: HAT, w, param: torch.Tensor) -> torch.Tensor:
 
 # --- the protection guarantee ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", [k if k != "resnet18" else pytest.param(k, marks=pytest.mark.slow) for k in TRUNKS])
-def test_units_with_cumulative_mask_one_keep_their_incoming_weights(kind):
+def test_units_with_cumulative_mask_one_keep_their_incoming_weights(kind, fit_task):
     """Train task 1, force a binary task-1 mask (= the cumulative mask), train task 2: every weight between two
     used units (first layer: into a used unit) and every bias of a used unit is unchanged bit for bit, and so are
     task 1's outputs; the weights HAT leaves free did move."""
@@ -162,7 +151,7 @@ class RecordS(Callback):
         self.s.append(pl_module.s)
 
 
-def test_s_anneals_from_one_over_smax_to_smax_within_each_epoch():
+def test_s_anneals_from_one_over_smax_to_smax_within_each_epoch(fit_task):
     assert annealed_s(0, 5, 400) == 1 / 400 and annealed_s(4, 5, 400) == pytest.approx(400)
     assert annealed_s(2, 5, 400) == pytest.approx(1 / 400 + (400 - 1 / 400) / 2)
     approach, data = hat_on(*TRUNKS["mlp"])
@@ -204,7 +193,7 @@ def test_sparsity_regularizer_on_hand_made_masks():
 
 
 # --- state, errors, every model ------------------------------------------------------------------------------------------
-def test_state_loads_into_a_fresh_approach_and_counts_embeddings_and_masks():
+def test_state_loads_into_a_fresh_approach_and_counts_embeddings_and_masks(fit_task):
     approach, data = hat_on(*TRUNKS["mlp"], n_tasks=3)
     fit_task(approach, data, 0)
     assert approach.cumulative_mask.sum() > 0
