@@ -14,16 +14,23 @@ State: one buffer per regularized parameter and per kind (importance, anchor, SI
 parameter's name (`ParamTensors`), never by the Parameter object (the MAS re-implementation's bug M1), so checkpoints
 carry it and a freshly built approach loads it.
 
-Per step: once per task the terms are folded into one quadratic,
+Per step. Once per task the terms are folded into one quadratic,
     Σ_k Ω_k (θ − θ*_k)² = A (θ − θ̄)² + c,   A = Σ_k Ω_k,   θ̄ = Σ_k Ω_k θ*_k / A,   c = Σ_k Ω_k (θ̄ − θ*_k)²,
-and `_AnchoredQuadratic` evaluates it with a few `torch._foreach_*` ops over the list of parameters and returns its
-gradient 2·scale·A(θ − θ̄) analytically (no autograd graph through the penalty, whatever the number of terms).
+so a step costs the same whatever the number of terms. The penalty's gradient 2·scale·A ⊙ (θ − θ̄) is added to p.grad
+in `on_before_optimizer_step`, in place: the "local gradient" of the original MAS code, mathematically the same as
+back-propagating the penalty (it is added before gradient clipping and the optimizer's momentum), without an
+autograd graph and without autograd summing two parameter-sized gradients into a fresh tensor. The training loss
+is the task loss; the penalty's value (`penalty()`) is logged once per epoch as train/penalty, because evaluating it
+every step costs more passes over the parameters than its gradient. Under DDP the hook runs after the all-reduce and
+every rank adds the same gradient, which equals all-reducing it. Code that steps an optimizer by hand calls
+`on_before_optimizer_step` before `optimizer.step()`, as Lightning does.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
@@ -96,51 +103,50 @@ class QuadraticTerms(nn.ModuleList):
 
 
 class FoldedQuadratic:
-    """The terms folded into scale·(Σ ‖u‖² + c), u = √A ⊙ θ − √A ⊙ θ̄, for one task (transient: rebuilt from the
-    buffers). Kept per parameter: √A, −√A ⊙ θ̄ and the gradient factor 2·scale·√A, so that a step costs one fused
-    pass for u, one read for ‖u‖² and one pass for the gradient 2·scale·√A ⊙ u (uniform Ω: u = θ − θ̄)."""
+    """The terms folded into scale·(Σ A (θ − θ̄)² + c) for one task (transient: rebuilt from the buffers). A step
+    only adds the gradient, 2·scale·A ⊙ θ − 2·scale·A ⊙ θ̄, to p.grad: two fused foreach passes with both factors
+    kept per parameter (with a uniform Ω, IMM's L2-transfer: 2·scale·θ − 2·scale·θ̄). Every parameter-sized pass
+    costs a few percent of an SGD step of a small MLP on CPU, so the value is computed only when asked for."""
 
-    def __init__(self, params: list[torch.Tensor], terms: list[QuadraticTerm], scale: float, record_gradient: bool):
-        self.params, self.scale, self.record_gradient = params, scale, record_gradient
-        self.recorded: list[torch.Tensor] | None = None  # the penalty's share of p.grad since the last step
+    def __init__(self, params: list[torch.Tensor], terms: list[QuadraticTerm], scale: float):
+        self.params, self.scale = params, scale
         with torch.no_grad():
             if len(terms) == 1:
-                importance = None if terms[0].importance is None else terms[0].importance.tensors()
-                anchor, self.offset = terms[0].anchor.tensors(), torch.zeros((), device=params[0].device)
+                self.importance = None if terms[0].importance is None else terms[0].importance.tensors()
+                self.anchor, self.offset = terms[0].anchor.tensors(), torch.zeros((), device=params[0].device)
             else:
-                importance, anchor, self.offset = _fold(terms)
-            if importance is None:
-                self.root, self.shift, self.gradient_factor = None, anchor, None
+                self.importance, self.anchor, self.offset = _fold(terms)
+            if self.importance is None:
+                self.gradient_factor = self.gradient_shift = None
             else:
-                self.root = torch._foreach_sqrt(importance)
-                self.shift = torch._foreach_mul(self.root, anchor)
-                torch._foreach_neg_(self.shift)
-                self.gradient_factor = torch._foreach_mul(self.root, 2.0 * scale)
+                self.gradient_factor = torch._foreach_mul(self.importance, 2.0 * scale)
+                self.gradient_shift = torch._foreach_mul(self.gradient_factor, self.anchor)
 
-    def residual(self, params) -> list[torch.Tensor]:
-        """u = √A ⊙ (θ − θ̄)."""
-        if self.root is None:
-            return torch._foreach_sub(params, self.shift)
-        return torch._foreach_addcmul(self.shift, self.root, params)
+    @torch.no_grad()
+    def value(self) -> torch.Tensor:
+        distance = torch._foreach_sub(self.params, self.anchor)
+        if self.importance is None:
+            squares = torch.stack(torch._foreach_norm(distance)).square().sum()
+        else:
+            squares = _weighted_square_sum(self.importance, distance)
+        return (squares + self.offset) * self.scale
 
-    def gradient(self, residual: list[torch.Tensor], grad_output: torch.Tensor) -> list[torch.Tensor]:
-        """grad_output · 2·scale·√A ⊙ u."""
+    @torch.no_grad()
+    def add_gradient(self) -> None:
+        """p.grad += 2·scale·A ⊙ (θ − θ̄)."""
+        grads = [grad_of(p) for p in self.params]
         if self.gradient_factor is None:
-            return torch._foreach_mul(residual, grad_output * (2.0 * self.scale))
-        gradient = torch._foreach_mul(residual, self.gradient_factor)
-        if grad_output.device.type != "cpu" or grad_output.item() != 1.0:  # 1 for a loss's summand: skip the pass
-            torch._foreach_mul_(gradient, grad_output)
-        return gradient
+            torch._foreach_add_(grads, self.params, alpha=2.0 * self.scale)
+            torch._foreach_add_(grads, self.anchor, alpha=-2.0 * self.scale)
+        else:
+            torch._foreach_addcmul_(grads, self.gradient_factor, self.params)
+            torch._foreach_sub_(grads, self.gradient_shift)
 
-    def record(self, gradient: list[torch.Tensor]):
-        if self.recorded is None:
-            self.recorded = gradient
-        else:  # several backward passes per optimizer step (gradient accumulation)
-            torch._foreach_add_(self.recorded, gradient)
 
-    def take_recorded(self) -> list[torch.Tensor] | None:
-        recorded, self.recorded = self.recorded, None
-        return recorded
+def grad_of(p: torch.Tensor) -> torch.Tensor:
+    if p.grad is None:  # a parameter the task loss did not reach
+        p.grad = torch.zeros_like(p)
+    return p.grad
 
 
 def _fold(terms: list[QuadraticTerm]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -166,33 +172,10 @@ def _weighted_square_sum(weights: list[torch.Tensor], values: list[torch.Tensor]
     return torch.stack(torch._foreach_norm(values, 1)).sum()
 
 
-class _AnchoredQuadratic(torch.autograd.Function):
-    """scale·(Σ ‖u‖² + c) over the list of parameters (FoldedQuadratic); its gradient is formed in the backward from
-    the residual u the forward kept: a few foreach passes, no per-parameter graph."""
-
-    @staticmethod
-    def forward(ctx, quadratic: FoldedQuadratic, *params):
-        residual = quadratic.residual(params)
-        ctx.quadratic, ctx.residual = quadratic, residual
-        squares = torch.stack(torch._foreach_norm(residual)).square().sum()
-        return squares.add_(quadratic.offset).mul_(quadratic.scale)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        quadratic, residual = ctx.quadratic, ctx.residual
-        del ctx.residual
-        gradient = quadratic.gradient(residual, grad_output)
-        if quadratic.record_gradient:
-            quadratic.record(gradient)
-        return (None, *gradient)
-
-
 class ImportanceRegularizer(ContinualApproach):
     """Base of the importance × squared-distance regularizers. A subclass gives `penalty_scale` and `consolidate(t)`
     (the end of task t: estimate importances, update the terms and anchors); this class keeps the terms, folds them
-    once per task and adds the penalty. `optimizer` are the shared knobs of conf/approach/sgd.yaml."""
-
-    records_penalty_gradient = False  # SI subtracts the penalty's share of p.grad to get the task-loss gradient
+    once per task and applies the penalty. `optimizer` are the shared knobs of conf/approach/sgd.yaml."""
 
     def __init__(self, net: TaskNetwork, lamb: float = 1.0, **optimizer):
         super().__init__(net, **optimizer)
@@ -249,27 +232,38 @@ class ImportanceRegularizer(ContinualApproach):
         return [p.detach() for p in self.regularized.values()]
 
     # --- the penalty ------------------------------------------------------------------------------------------------
-    def _invalidate(self):
-        self._folded = None
-
     def folded(self) -> FoldedQuadratic | None:
         if self._folded is None:
             active = len(self.terms) > 0 and int(self.tasks_consolidated) > 0
-            self._folded = FoldedQuadratic(list(self.regularized.values()), list(self.terms), self.penalty_scale,
-                                           self.records_penalty_gradient) if active else False
+            self._folded = FoldedQuadratic(list(self.regularized.values()), list(self.terms),
+                                           self.penalty_scale) if active else False
         return self._folded or None
 
     def penalty(self) -> torch.Tensor | float:
+        """The penalty's value at the current parameters (no autograd graph: see `on_before_optimizer_step`)."""
         folded = self.folded()
-        return 0.0 if folded is None else _AnchoredQuadratic.apply(folded, *folded.params)
+        return 0.0 if folded is None else folded.value()
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(x, task), y)  # the task loss; the penalty acts through its gradient
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        folded = self.folded()
+        if folded is not None:
+            folded.add_gradient()
+
+    def on_train_epoch_end(self):
+        super().on_train_epoch_end()
+        if self.folded() is not None:
+            self.log_to_loggers({"train/penalty": float(self.penalty())})
 
     def on_train_start(self):
-        self._invalidate()
+        self._folded = None
 
     def on_train_end(self):
         self.consolidate(self.task_id)
         self.tasks_consolidated += 1
-        self._invalidate()
+        self._folded = None
 
     def importances(self) -> dict[str, torch.Tensor]:
         """Parameter name (in net) → the importance the penalty applies now (Σ over the terms; 1 for an L2 term)."""
@@ -283,9 +277,9 @@ class ImportanceRegularizer(ContinualApproach):
 
     # --- keeping the folded penalty in step with the buffers --------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
-        self._invalidate()  # moved buffers: fold again from the new ones
+        self._folded = None  # moved buffers: fold again from the new ones
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._invalidate()
+        self._folded = None
         super()._load_from_state_dict(*args, **kwargs)
