@@ -88,23 +88,22 @@ def _mean(sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
 def fisher_diagonal(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Callable, source: BatchSource,
                     options: FisherOptions) -> dict[str, torch.Tensor]:
     """The diagonal Fisher of the modules' parameters on the task's training data `source` (see FisherOptions)."""
-    legacy = options.estimator != "exact"
-    rows = _rows(len(source.y), options.samples, random=not legacy)
-    if not legacy:
+    if options.estimator == "exact":
+        rows = _rows(len(source.y), options.samples, random=True)
         noise = torch.rand(len(source.y), generator=task_generator()).to(source.y.device)  # a label draw per sample
         with _mode(model, training=False):
             sums, count = gradient_statistics(modules, logits_fn, _batches(source, rows, options.batch_size, noise),
                                               sampled_label_nll, "square")
         return _mean(sums, count)
+    rows = _rows(len(source.y), options.samples, random=False)
     batch_size = len(rows) if options.estimator == "gem_legacy" else options.batch_size
-    batches = list(_batches(source, rows, batch_size, source.y))
     with _mode(model, training=True):
-        sums, _ = gradient_statistics(modules, logits_fn, batches, true_label_mean_ce, "square", per_sample=False)
-    if options.estimator == "gem_legacy":
-        return _mean(sums, 1 if batches else 0)
-    if options.estimator == "hat_legacy":
-        return {k: v.mul_(LEGACY_BATCH_FACTOR) for k, v in _mean(sums, sum(len(x) for x, _ in batches)).items()}
-    return {k: v.mul_(LEGACY_BATCH_FACTOR) for k, v in _mean(sums, len(batches)).items()}
+        sums, count = gradient_statistics(modules, logits_fn, _batches(source, rows, batch_size, source.y),
+                                          true_label_mean_ce, "square", per_sample=False)
+    sums, _ = all_reduce_sums(sums, count)
+    divisor = {"gem_legacy": 1, "hat_legacy": len(rows) / LEGACY_BATCH_FACTOR,
+               "blip_legacy": -(-len(rows) // batch_size) / LEGACY_BATCH_FACTOR}[options.estimator]
+    return {k: v.div_(divisor) for k, v in sums.items()}
 
 
 def mas_omega(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Callable, source: BatchSource, norm: str,
@@ -125,7 +124,4 @@ def hebbian_omega(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Ca
     rows = _rows(len(source.y), samples, random=samples is not None)
     with _mode(model, training=False):
         sums, positions, count = hebbian_sums(modules, logits_fn, _batches(source, rows, batch_size), fires)
-    sums, count = all_reduce_sums(sums, count)
-    if count == 0:
-        raise RuntimeError("no samples to estimate importances on")
-    return {k: v.div_(count * positions[k.rpartition(".")[0]]) for k, v in sums.items()}
+    return {k: v.div_(positions[k.rpartition(".")[0]]) for k, v in _mean(sums, count).items()}

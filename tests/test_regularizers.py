@@ -154,18 +154,19 @@ def test_mas_local_matches_brute_force(layer, relu):
     assert_close(omega, {f"0.{k}": v for k, v in expected.items()})
 
 
-# --- the folded penalty ------------------------------------------------------------------------------------------------
+# --- the folded penalty ----------------------------------------------------------------------------------------------
 def test_folded_penalty_equals_the_sum_of_its_terms_in_value_and_gradient():
     """Offline EWC with three terms: scale·Σ_k Σ F_k(θ − θ*_k)², folded into one quadratic; the value joins the loss,
     the gradient joins p.grad before the optimizer step."""
     approach = EWC(conv_net(), lamb=3.0).double()
     g = torch.Generator().manual_seed(2)
+    shapes = {n: p.shape for n, p in approach.regularized.items()}
     terms = []
     for _ in range(3):
         term = approach.terms.add().double()
-        term.importance.copy_({n: torch.rand(p.shape, generator=g, dtype=p.dtype) * (torch.rand(p.shape, generator=g) > 0.3)
-                               for n, p in approach.regularized.items()})
-        term.anchor.copy_({n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in approach.regularized.items()})
+        term.importance.copy_({n: torch.rand(s, generator=g, dtype=torch.float64) * (torch.rand(s, generator=g) > 0.3)
+                               for n, s in shapes.items()})
+        term.anchor.copy_({n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()})
         terms.append(term)
     approach.tasks_consolidated.fill_(3)
     params = list(approach.regularized.values())
@@ -232,7 +233,7 @@ def test_si_path_integral_sums_to_the_task_loss_decrease(momentum, weight_decay)
         approach.on_train_end()
 
 
-# --- IMM ---------------------------------------------------------------------------------------------------------------
+# --- IMM -------------------------------------------------------------------------------------------------------------
 def imm_after_two_tasks(cls, **kwargs):
     """Task models θ_0 and θ_1 with Fishers F_0, F_1 (F zero at some entries of both), merged by `cls`."""
     torch.manual_seed(0)

@@ -22,8 +22,8 @@ from cl.models.network import TaskNetwork
 class FisherRegularizer(ImportanceRegularizer):
     """What EWC, online EWC and IMM-mode share: a Fisher estimated at the end of each task (the fisher_* knobs)."""
 
-    def __init__(self, net: TaskNetwork, lamb: float, fisher_estimator: str = "exact", fisher_samples: int | None = 8000,
-                 fisher_batch_size: int = 100, **optimizer):
+    def __init__(self, net: TaskNetwork, lamb: float, fisher_estimator: str = "exact",
+                 fisher_samples: int | None = 8000, fisher_batch_size: int = 100, **optimizer):
         super().__init__(net, lamb=lamb, **optimizer)
         self.fisher_options = FisherOptions(fisher_estimator, fisher_samples, fisher_batch_size)
 

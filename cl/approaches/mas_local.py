@@ -56,7 +56,8 @@ class MASLocal(ImportanceRegularizer):
     def setup_stream(self, stream) -> None:
         super().setup_stream(stream)
         for name, module in self.stat_modules.items():
-            if not isinstance(module, HEBBIAN_TYPES) or isinstance(module, BatchNorm) and not module.track_running_stats:
+            without_statistics = isinstance(module, BatchNorm) and not module.track_running_stats
+            if not isinstance(module, HEBBIAN_TYPES) or without_statistics:
                 raise ConfigError(f"approach=mas_local computes Hebbian importances for Linear, Conv2d and BatchNorm "
                                   f"(with running statistics) layers; {name} of model {self.net.name} is a "
                                   f"{type(module).__name__}; use approach=mas")

@@ -67,7 +67,7 @@ class SI(ImportanceRegularizer):
             torch._foreach_copy_(self._task_gradient, grads)
         if group["weight_decay"] and not group["momentum"]:  # that part of the update needs θ before the step
             torch._foreach_addcmul_(self.path.tensors(), self._task_gradient if self._kept_apart else grads, params,
-                                    value=group["lr"] * group["weight_decay"])
+                                    value=float(group["lr"]) * group["weight_decay"])
         super().on_before_optimizer_step(optimizer)
 
     @torch.no_grad()
