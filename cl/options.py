@@ -252,6 +252,19 @@ RULES: dict[str, Rule] = {
     "approach.clipgrad": Float(gt=0),
     "approach.thres_cosh": Float(gt=0),
     "approach.thres_emb": Float(gt=0),
+    # --- importance regularizers: ewc, online_ewc, si, mas, mas_local, imm_mean, imm_mode (docs/regularizers.md) ---
+    "approach.fisher_merge": Choice(("none", "mean")),
+    "approach.fisher_estimator": Choice(("exact", "hat_legacy", "blip_legacy", "gem_legacy")),
+    "approach.fisher_samples": Int(ge=1, optional=True),
+    "approach.fisher_batch_size": Int(ge=1),
+    "approach.gamma": Float(ge=0, le=1),
+    "approach.xi": Float(gt=0),
+    "approach.norm": Choice(("l2", "l1", "vector")),
+    "approach.omega_per_sample": Bool(),
+    "approach.omega_batch_size": Int(ge=1),
+    "approach.omega_samples": Int(ge=1, optional=True),
+    "approach.accumulate": Choice(("sum", "sequence")),
+    "approach.merge_noop": Bool(),
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)

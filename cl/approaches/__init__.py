@@ -1,9 +1,17 @@
 from cl.approaches.base import ContinualApproach
 from cl.approaches.blip import BLIP
+from cl.approaches.ewc import EWC
 from cl.approaches.hat import HAT
+from cl.approaches.imm_mean import IMMMean
+from cl.approaches.imm_mode import IMMMode
 from cl.approaches.independent import Independent
 from cl.approaches.joint import Joint
+from cl.approaches.mas import MAS
+from cl.approaches.mas_local import MASLocal
+from cl.approaches.online_ewc import OnlineEWC
 from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
+from cl.approaches.si import SI
 
-__all__ = ["ContinualApproach", "BLIP", "HAT", "SGD", "SGDFrozen", "Joint", "Independent"]
+__all__ = ["ContinualApproach", "BLIP", "EWC", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "MAS",
+           "MASLocal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]

@@ -1,0 +1,106 @@
+"""SI, synaptic intelligence (Zenke, Poole & Ganguli, ICML 2017).
+
+During task μ, at every optimizer step, each parameter accumulates its share of the loss decrease along the path:
+    ω ← ω − g·Δθ,
+g being the gradient of the task loss (without the penalty) and Δθ the update the optimizer applies at that step. At
+the end of the task, with Δ the parameter's total change over the task,
+    Ω ← max(0, Ω + ω / (Δ² + ξ)),
+as the official code does (it clips Ω at 0), and the anchor θ̃ becomes the current parameters. While training later
+tasks the penalty is c·Σ_i Ω_i (θ_i − θ̃_i)² (c = `lamb`, no ½).
+
+The task-loss gradient: the shared regularizer adds the penalty's gradient to p.grad in `on_before_optimizer_step`
+(cl/approaches/regularizer.py), so until then p.grad is exactly the task loss's gradient (all-reduced under DDP). SI
+keeps a copy of it there when a penalty is about to join it. No second backward pass, no subtraction.
+
+The update: like the official code, which takes its optimizer's update values, SI reads Δθ from the torch.optim.SGD
+step the approach configures: Δθ = −lr·(momentum buffer) with momentum, else −lr·(p.grad + weight_decay·θ). That is
+one fused pass per step (ω += lr·g·update) instead of keeping and differencing a copy of the parameters.
+
+State in buffers, so a checkpoint taken within a task resumes exactly (with the optimizer state Lightning saves): ω,
+the task it belongs to, and the anchor, which doubles as the parameters at the start of the task.
+"""
+from __future__ import annotations
+
+import torch
+
+from cl.approaches.regularizer import ImportanceRegularizer, ParamTensors, grad_of
+from cl.errors import TrainingError
+from cl.models.network import TaskNetwork
+
+
+class SI(ImportanceRegularizer):
+    def __init__(self, net: TaskNetwork, lamb: float = 1.0, xi: float = 0.1, **optimizer):
+        super().__init__(net, lamb=lamb, **optimizer)
+        self.xi = xi
+        self.terms.add()
+        self.path = ParamTensors(self.regularized)  # ω of the current task
+        self.register_buffer("path_task", torch.full((), -1, dtype=torch.long))  # the task ω belongs to
+        # transient, per step: the optimizer, and the task gradient when the penalty's joins p.grad
+        self._optimizer: torch.optim.SGD | None = None
+        self._task_gradient: list[torch.Tensor] | None = None
+        self._kept_apart = False
+
+    @property
+    def penalty_scale(self) -> float:
+        return self.lamb
+
+    @torch.no_grad()
+    def on_train_start(self):
+        super().on_train_start()
+        self._task_gradient = None
+        if int(self.path_task) == self.task_id:  # resumed within the task: keep its path
+            return
+        torch._foreach_zero_(self.path.tensors())
+        self.terms[0].anchor.copy_(self.parameter_values())  # the start of the path (the end of the previous task)
+        self.path_task.fill_(self.task_id)
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, optimizer) -> None:
+        group = _sgd_group(optimizer)
+        params = list(self.regularized.values())
+        grads = [grad_of(p) for p in params]
+        self._optimizer = optimizer
+        self._kept_apart = self.folded() is not None  # the penalty's gradient is about to join p.grad
+        if self._kept_apart:
+            if self._task_gradient is None:
+                self._task_gradient = [torch.empty_like(p) for p in params]
+            torch._foreach_copy_(self._task_gradient, grads)
+        if group["weight_decay"] and not group["momentum"]:  # that part of the update needs θ before the step
+            torch._foreach_addcmul_(self.path.tensors(), self._task_gradient if self._kept_apart else grads, params,
+                                    value=float(group["lr"]) * group["weight_decay"])
+        super().on_before_optimizer_step(optimizer)
+
+    @torch.no_grad()
+    def on_after_optimizer_step(self):
+        params = list(self.regularized.values())
+        group = self._optimizer.param_groups[0]
+        if group["momentum"]:
+            update = [self._optimizer.state[p]["momentum_buffer"] for p in params]
+        else:
+            update = [grad_of(p) for p in params]
+        task_gradient = self._task_gradient if self._kept_apart else [grad_of(p) for p in params]
+        torch._foreach_addcmul_(self.path.tensors(), task_gradient, update, value=float(group["lr"]))  # −g·Δθ
+
+    @torch.no_grad()
+    def consolidate(self, t: int) -> None:
+        term = self.terms[0]
+        values = self.parameter_values()
+        change = torch._foreach_sub(values, term.anchor.tensors())
+        torch._foreach_mul_(change, change)
+        torch._foreach_add_(change, self.xi)
+        contribution = torch._foreach_div(self.path.tensors(), change)
+        importance = term.importance.tensors()
+        torch._foreach_add_(importance, contribution)
+        torch._foreach_clamp_min_(importance, 0.0)
+        term.anchor.copy_(values)
+        self.path_task.fill_(-1)
+
+
+def _sgd_group(optimizer) -> dict:
+    """The one parameter group of the torch.optim.SGD whose update SI reads (what the approaches configure)."""
+    group = optimizer.param_groups[0] if isinstance(optimizer, torch.optim.SGD) else None
+    if group is None or len(optimizer.param_groups) > 1 or group["nesterov"] or group["dampening"] \
+            or group["maximize"]:
+        raise TrainingError("approach=si reads each step's update from a plain torch.optim.SGD (one parameter group, "
+                            "no nesterov, dampening or maximize), as the approaches configure it; keep that optimizer")
+    return group
