@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
 from cl.errors import RunInterrupted
-from tests.conftest import ROOT, SHARED_DATA, run_pipeline
+from tests.conftest import CONF_DIR, ROOT, SHARED_DATA, run_pipeline
 
 # three tasks of digits5, three epochs each: a few seconds per run
 OVERRIDES = ["stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=3", "approach.batch_size=32", "seed=1"]
@@ -112,6 +112,21 @@ def test_more_random_interrupts(approach, signum, seed, tmp_path, tmp_path_facto
     overrides = [f"approach={approach}", *OVERRIDES]
     reference = uninterrupted(overrides, tmp_path_factory)
     interrupt_and_resume(overrides, tmp_path, with_callback, random_points(100 + seed, signum, count=3))
+    assert_same_run(tmp_path, reference)
+
+
+APPROACHES = sorted(p.stem for p in (CONF_DIR / "approach").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("approach", APPROACHES)
+def test_every_approach_resumes_mid_task_exactly(approach, tmp_path, tmp_path_factory, with_callback):
+    """Each approach's state (importances, anchors, running path integrals, masks, old models, bits) is in its
+    checkpoints: two interrupts inside tasks, then the run ends as one nobody interrupted."""
+    overrides = [f"approach={approach}", *OVERRIDES]
+    reference = uninterrupted(overrides, tmp_path_factory)
+    points = [("train batch", 11, signal.SIGTERM), ("train batch", 15, signal.SIGINT)]
+    interrupt_and_resume(overrides, tmp_path, with_callback, points)
     assert_same_run(tmp_path, reference)
 
 
