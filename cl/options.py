@@ -252,8 +252,21 @@ RULES: dict[str, Rule] = {
     "approach.prior_fan": Choice(("fan_in", "max")),
     "approach.fisher.num_samples": Int(ge=1),
     "approach.fisher.batch_size": Int(ge=1),
-    # --- the regularization strength λ of every approach that has one (EWC's λ, SI's c, MAS's λ, LwF's λ_o) ---
+    # --- importance regularizers: ewc, online_ewc, si, mas, mas_local, imm_mean, imm_mode (docs/regularizers.md) ---
+    # (approach.lamb is also LwF's λ_o)
     "approach.lamb": Float(ge=0),
+    "approach.fisher_merge": Choice(("none", "mean")),
+    "approach.fisher_estimator": Choice(("exact", "hat_legacy", "blip_legacy", "gem_legacy")),
+    "approach.fisher_samples": Int(ge=1, optional=True),
+    "approach.fisher_batch_size": Int(ge=1),
+    "approach.gamma": Float(ge=0, le=1),
+    "approach.xi": Float(gt=0),
+    "approach.norm": Choice(("l2", "l1", "vector")),
+    "approach.omega_per_sample": Bool(),
+    "approach.omega_batch_size": Int(ge=1),
+    "approach.omega_samples": Int(ge=1, optional=True),
+    "approach.accumulate": Choice(("sum", "sequence")),
+    "approach.merge_noop": Bool(),
     # --- approach=lwf ----------------------------------------------------------------------------------------------
     "approach.T": Float(gt=0),
     "approach.warmup_epochs": Int(ge=0),

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.approaches import SGD
+from cl.approaches import MAS, SGD
 from cl.errors import ConfigError
 from cl.models import AlexNetImageNet, TaskNetwork
 from cl.task_data import DeviceStream
@@ -90,3 +90,5 @@ def test_frozen_layers_are_neither_trained_nor_handed_to_the_approach():
     fit_task(approach, DeviceStream(stream, "cpu", shared_head=False), 0, epochs=1)
     for name, p in named.items():
         assert torch.equal(p, before[name]) != (id(p) in trained), name
+    mas = MAS(net)  # a regularizer builds what it regularizes from the same trainable set
+    assert set(mas.regularized) == {f"trunk.{layer}.{kind}" for layer in layers for kind in ("weight", "bias")}

@@ -11,6 +11,9 @@ EXTRA = {
     "blip_mixture5": ["stream.verify_checksums=false"],  # the fixtures are not the canonical files
     # narrow widths: LwF checkpoints hold the network twice (with its teacher)
     "lwf_blip_miniimagenet": ["model.trunk.mul=0.125", "model.trunk.fc_sizes=[32,16]"],
+    # Ω on a few hundred of each task's 12,000 training images (the recipes use them all)
+    "mas_mnist_demo": ["approach.omega_samples=400"],
+    "mas_mnist_demo_sequence": ["approach.omega_samples=400"],
     # ImageNet weights written in torchvision's layout at narrow classifier widths; a small resize keeps it quick
     "mas_tinyimagenet4": ["model.trunk.pretrained={alexnet}", "model.trunk.fc_sizes=[32,32]",
                           "model.trunk.input_size=72"],

@@ -1,9 +1,17 @@
 from cl.approaches.base import ContinualApproach
 from cl.approaches.blip import BLIP
+from cl.approaches.ewc import EWC
+from cl.approaches.imm_mean import IMMMean
+from cl.approaches.imm_mode import IMMMode
 from cl.approaches.independent import Independent
 from cl.approaches.joint import Joint
 from cl.approaches.lwf import LwF
+from cl.approaches.mas import MAS
+from cl.approaches.mas_local import MASLocal
+from cl.approaches.online_ewc import OnlineEWC
 from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
+from cl.approaches.si import SI
 
-__all__ = ["ContinualApproach", "BLIP", "SGD", "SGDFrozen", "Joint", "Independent", "LwF"]
+__all__ = ["ContinualApproach", "BLIP", "EWC", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS", "MASLocal",
+           "OnlineEWC", "SGD", "SGDFrozen", "SI"]
