@@ -169,6 +169,7 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": Int(ge=1),
     "trainer.strategy": Text(),
     "trainer.max_epochs": Int(ge=1),
+    "trainer.gradient_clip_val": Float(gt=0, optional=True),
     "trainer.limit_train_batches": Int(ge=1) | Float(gt=0, le=1),
     "trainer.limit_val_batches": Int(ge=0) | Float(ge=0, le=1),
     "trainer.num_sanity_val_steps": Int(ge=-1),
@@ -181,6 +182,8 @@ RULES: dict[str, Rule] = {
     "callbacks.lr_schedule.lr_patience": Int(ge=1),
     "callbacks.lr_schedule.lr_factor": Float(gt=1),
     "callbacks.lr_schedule.lr_min": Float(gt=0),
+    "callbacks.lr_schedule.step_size": Int(ge=1),
+    "callbacks.lr_schedule.gamma": Float(gt=0, le=1),
     # --- model -----------------------------------------------------------------------------------------------------
     "model.name": Text(),
     "model.head": Choice(("multi", "shared")),
@@ -196,6 +199,9 @@ RULES: dict[str, Rule] = {
     "model.trunk.bn_affine": Bool(),
     "model.trunk.pool": Choice(("avg", "avg4")),
     "model.trunk.freeze_bn_after_first_task": Bool(),
+    "model.trunk.input_size": Int(ge=63, optional=True),
+    "model.trunk.pretrained": Text(optional=True),
+    "model.trunk.trainable_layers": ListOf(Text(), min_len=1, optional=True),
     # --- stream ----------------------------------------------------------------------------------------------------
     "stream.name": Text(),
     "stream.data_dir": Text(),
@@ -203,6 +209,7 @@ RULES: dict[str, Rule] = {
     "stream.raw_folder": Text(),
     "stream.seed": Int(ge=0),
     "stream.tasks": ListOf(ListOf(Int(ge=0), min_len=2), min_len=1),
+    "stream.class_order": ListOf(Int(ge=0), min_len=2, optional=True),
     "stream.n_tasks": Int(ge=1),
     "stream.max_tasks": Int(ge=1, optional=True),
     "stream.train_per_task": Int(ge=1, optional=True),
@@ -265,6 +272,11 @@ RULES: dict[str, Rule] = {
     "approach.omega_samples": Int(ge=1, optional=True),
     "approach.accumulate": Choice(("sum", "sequence")),
     "approach.merge_noop": Bool(),
+    # --- approach=lwf ----------------------------------------------------------------------------------------------
+    "approach.T": Float(gt=0),
+    "approach.warmup_epochs": Int(ge=0),
+    "approach.eps": Float(ge=0, lt=1),
+    "approach.variant": Choice(("paper", "gem")),
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)

@@ -9,11 +9,13 @@ User-provided: extract CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 
-from cl.errors import ConfigError, DatasetError
+from cl.errors import DatasetError
 from data.image_cache import decoded_listing
-from data.image_files import IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, require_dir, seeded_class_groups
+from data.image_files import (IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, ordered_class_groups, require_dir,
+                              seeded_class_groups)
 from data.stream import InputTransform, Stream
 from data.streams import class_split_stream
 
@@ -45,14 +47,13 @@ def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
 
 
 def cub(data_dir: str, name: str = "cub_split", n_tasks: int = 20, seed: int = 0, shuffle_classes: bool = True,
-        pc_valid: float = 0.1, image_size: int = 84, num_workers: int = 2, max_tasks: int | None = None) -> Stream:
+        pc_valid: float = 0.1, image_size: int = 84, num_workers: int = 2, max_tasks: int | None = None,
+        class_order: Sequence[int] | None = None) -> Stream:
     root = require_dir(Path(data_dir) / "CUB_200_2011", WHERE)
     data = decoded_listing(root, _listing(root), image_size, num_workers)
     n_classes = int(data["train"][1].max()) + 1
-    if n_classes % n_tasks:
-        raise ConfigError(f"stream.n_tasks={n_tasks} must divide the {n_classes} CUB classes evenly")
-    groups = (seeded_class_groups(n_classes, n_tasks, seed) if shuffle_classes else
-              [list(range(t * n_classes // n_tasks, (t + 1) * n_classes // n_tasks)) for t in range(n_tasks)])
+    groups = (seeded_class_groups(n_classes, n_tasks, seed, class_order) if shuffle_classes else
+              ordered_class_groups(n_classes, n_tasks, range(n_classes), class_order))
     stream = class_split_stream(name, *data["train"], *data["test"], groups, (3, image_size, image_size),
                                 InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed, pc_valid, False)
     return keep_first_tasks(stream, max_tasks)

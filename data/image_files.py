@@ -85,12 +85,25 @@ def shuffled_order(n: int, seed: int) -> list[int]:
     return order.tolist()
 
 
-def seeded_class_groups(n_classes: int, n_tasks: int, seed: int) -> list[list[int]]:
-    """`np.split(permutation(n_classes), n_tasks)` under NumPy seed `seed` (BLIP's miniImageNet class split)."""
+def ordered_class_groups(n_classes: int, n_tasks: int, own_order: Sequence[int],
+                         class_order: Sequence[int] | None = None) -> list[list[int]]:
+    """The class ids of each task: `n_tasks` consecutive, equal groups of `class_order` (`stream.class_order`, a
+    permutation of the class ids), or of the stream's `own_order` when it is None. Every split stream that forms
+    its own class groups (cifar100_split, tinyimagenet4, cub_split, miniimagenet20) forms them here."""
     if n_tasks < 1 or n_classes % n_tasks:
         raise ConfigError(f"stream.n_tasks={n_tasks} must divide the {n_classes} classes evenly")
-    perm = np.random.RandomState(seed).permutation(n_classes)
-    return [g.tolist() for g in np.split(perm, n_tasks)]
+    if class_order is not None and sorted(class_order) != list(range(n_classes)):
+        raise ConfigError(f"stream.class_order must list each class id 0..{n_classes - 1} exactly once (a "
+                          f"permutation of the stream's {n_classes} classes); it holds {len(class_order)} ids")
+    order = np.asarray(own_order if class_order is None else class_order)
+    return [g.tolist() for g in np.split(order, n_tasks)]
+
+
+def seeded_class_groups(n_classes: int, n_tasks: int, seed: int,
+                        class_order: Sequence[int] | None = None) -> list[list[int]]:
+    """`np.split(permutation(n_classes), n_tasks)` under NumPy seed `seed` (BLIP's miniImageNet class split), unless
+    a `class_order` is given."""
+    return ordered_class_groups(n_classes, n_tasks, np.random.RandomState(seed).permutation(n_classes), class_order)
 
 
 def keep_first_tasks(stream: Stream, max_tasks: int | None) -> Stream:

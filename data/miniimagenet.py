@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def _from_pickle(path: Path, cache_dir: Path, size: int, bgr: bool, num_workers:
 def miniimagenet(data_dir: str, name: str = "miniimagenet20", n_tasks: int = 20, seed: int = 0,
                  pc_valid: float = 0.02, image_size: int = 84, bgr: bool = False, source: str = "auto",
                  raw_folder: str = "MI_raw", split_seed: int = 1234, test_fraction: float = 1 / 6,
-                 num_workers: int = 2, max_tasks: int | None = None) -> Stream:
+                 num_workers: int = 2, max_tasks: int | None = None,
+                 class_order: Sequence[int] | None = None) -> Stream:
     if source not in SOURCES:
         raise ConfigError(f"stream.source={source!r} is not one of {SOURCES}")
     root = require_dir(Path(data_dir) / "miniimagenet", WHERE)
@@ -86,7 +88,7 @@ def miniimagenet(data_dir: str, name: str = "miniimagenet20", n_tasks: int = 20,
             images = decoded_files(cache_dir, f"{raw_folder}-{split}", root, files, image_size, bgr, num_workers)
             data[split] = images, torch.tensor(labels, dtype=torch.long)
     n_classes = int(data["train"][1].max()) + 1
-    groups = seeded_class_groups(n_classes, n_tasks, seed)
+    groups = seeded_class_groups(n_classes, n_tasks, seed, class_order)
     stream = class_split_stream(name, *data["train"], *data["test"], groups, (3, image_size, image_size),
                                 InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed, pc_valid, False)
     return keep_first_tasks(stream, max_tasks)

@@ -8,6 +8,7 @@ wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 
 from cl.errors import DatasetError
@@ -44,13 +45,14 @@ def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
 
 
 def tinyimagenet(data_dir: str, name: str = "tinyimagenet4", n_tasks: int = 4, seed: int = 0, pc_valid: float = 0.1,
-                 image_size: int = 64, num_workers: int = 2, max_tasks: int | None = None) -> Stream:
+                 image_size: int = 64, num_workers: int = 2, max_tasks: int | None = None,
+                 class_order: Sequence[int] | None = None) -> Stream:
     root = require_dir(Path(data_dir) / "tiny-imagenet-200", WHERE)
     data = decoded_listing(root, _listing(root), image_size, num_workers)
     n_classes = int(data["train"][1].max()) + 1
-    stream = class_split_stream(name, *data["train"], *data["test"], seeded_class_groups(n_classes, n_tasks, seed),
-                                (3, image_size, image_size), InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed,
-                                pc_valid, False)
+    groups = seeded_class_groups(n_classes, n_tasks, seed, class_order)
+    stream = class_split_stream(name, *data["train"], *data["test"], groups, (3, image_size, image_size),
+                                InputTransform(IMAGENET_MEAN, IMAGENET_STD), seed, pc_valid, False)
     for t, task in enumerate(stream.tasks):
         task.name = f"t{t}"  # 50 class ids would make an unreadable name
     return keep_first_tasks(stream, max_tasks)

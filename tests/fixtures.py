@@ -198,6 +198,28 @@ def write_gem_file(path: Path, n_tasks: int = 3, classes_per_task: int = 2, trai
     return path
 
 
+# --- ImageNet AlexNet weights: a state dict in torchvision's key layout ------------------------------------------
+def torchvision_alexnet_shapes(fc_sizes: tuple[int, int] = (4096, 4096)) -> dict[str, tuple[int, ...]]:
+    """The parameter names and shapes of `torchvision.models.alexnet()` (fc_sizes shrink classifier.1/.4 for tests)."""
+    fc1, fc2 = fc_sizes
+    layers = {"features.0": (64, 3, 11, 11), "features.3": (192, 64, 5, 5), "features.6": (384, 192, 3, 3),
+              "features.8": (256, 384, 3, 3), "features.10": (256, 256, 3, 3), "classifier.1": (fc1, 256 * 6 * 6),
+              "classifier.4": (fc2, fc1), "classifier.6": (1000, fc2)}
+    return {f"{layer}.{kind}": shape if kind == "weight" else shape[:1]
+            for layer, shape in layers.items() for kind in ("weight", "bias")}
+
+
+def write_torchvision_alexnet(path: Path, fc_sizes: tuple[int, int] = (4096, 4096)) -> Path:
+    """Random tensors under torchvision's AlexNet names and shapes, saved as its pretrained files are (a state dict)."""
+    g = torch.Generator().manual_seed(RNG_SEED)
+    shapes = torchvision_alexnet_shapes(fc_sizes)
+    state = {name: 0.01 * torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 def write_all(root: Path, mnist_source: Path | None = None) -> dict[str, tuple]:
     """Every fixture under `root`; returns the tiny MNIST checksum table (or {} when MNIST is linked from
     `mnist_source`, a folder holding the real files)."""

@@ -3,10 +3,21 @@ the first two tasks; MNIST streams on the real files)."""
 import pytest
 
 from tests.conftest import CONF_DIR, run_pipeline
+from tests.fixtures import write_torchvision_alexnet
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 MNIST_STREAMS = ("mnist5", "pmnist", "rotmnist")
-EXTRA = {"blip_mixture5": ["stream.verify_checksums=false"]}  # the fixtures are not the canonical files
+EXTRA = {
+    "blip_mixture5": ["stream.verify_checksums=false"],  # the fixtures are not the canonical files
+    # narrow widths: LwF checkpoints hold the network twice (with its teacher)
+    "lwf_blip_miniimagenet": ["model.trunk.mul=0.125", "model.trunk.fc_sizes=[32,16]"],
+    # Ω on a few hundred of each task's 12,000 training images (the recipes use them all)
+    "mas_mnist_demo": ["approach.omega_samples=400"],
+    "mas_mnist_demo_sequence": ["approach.omega_samples=400"],
+    # ImageNet weights written in torchvision's layout at narrow classifier widths; a small resize keeps it quick
+    "mas_tinyimagenet4": ["model.trunk.pretrained={alexnet}", "model.trunk.fc_sizes=[32,32]",
+                          "model.trunk.input_size=72"],
+}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -18,5 +29,9 @@ def test_experiment_runs_in_debug_mode(experiment, request, tmp_path):
     overrides = [f"experiment={experiment}", "debug=default", "eval_max_samples=16", f"paths.data_dir={data_dir}"]
     if not on_mnist:
         overrides.append("stream.max_tasks=2")
-    results = run_pipeline([*overrides, *EXTRA.get(experiment, [])], tmp_path)
+    extra = EXTRA.get(experiment, [])
+    if any("{alexnet}" in o for o in extra):
+        weights = write_torchvision_alexnet(tmp_path / "alexnet.pth", (32, 32))
+        extra = [o.format(alexnet=weights) for o in extra]
+    results = run_pipeline([*overrides, *extra], tmp_path)
     assert results["complete"] and (tmp_path / "results.json").exists()

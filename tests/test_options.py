@@ -32,12 +32,14 @@ def every_selection() -> list[str]:
 
 
 _COMPOSED: dict[str, DictConfig] = {}
+# the one mandatory value (???) of these selections
+MANDATORY = {"stream=gem_file": ["stream.path=x"], "experiment=mas_tinyimagenet4": ["model.trunk.pretrained=x"]}
 
 
 def composed(selection: str) -> DictConfig:
     """The composed config of one group option (cached: composing takes a tenth of a second)."""
     if selection not in _COMPOSED:
-        extra = ["stream.path=x"] if selection == "stream=gem_file" else []  # its one mandatory value
+        extra = MANDATORY.get(selection, [])
         _COMPOSED[selection] = compose_config([selection, *extra], "/tmp/unused")
     return _COMPOSED[selection].copy()
 

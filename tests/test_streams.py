@@ -213,6 +213,23 @@ def test_tinyimagenet_one_class_list_per_task(data_root):
     assert s.input_shape == (3, 64, 64)
 
 
+def test_class_order_regroups_every_split_stream(data_root):
+    """stream.class_order: tasks take consecutive groups of the given permutation; null keeps each stream's order."""
+    order = list(range(199, -1, -1))
+    s = tinyimagenet(str(data_root), class_order=order)
+    assert [t.classes for t in s.tasks] == [order[i:i + 50] for i in range(0, 200, 50)]
+    task = s.tasks[0]  # the images follow: local label k is class order[k]
+    assert set(task.test.y.tolist()) == set(range(50)) and len(task.test) == 50
+    cifar = cifar100_split(str(data_root), n_tasks=50, class_order=[*range(98, 100), *range(98)])
+    assert cifar.tasks[0].classes == [98, 99] and cifar.tasks[1].classes == [0, 1]
+    assert cub(str(data_root), image_size=32, class_order=order).tasks[0].classes == order[:10]
+    assert miniimagenet(str(data_root), class_order=list(range(100))).tasks[19].classes == list(range(95, 100))
+    with pytest.raises(ConfigError, match="permutation"):
+        tinyimagenet(str(data_root), class_order=[0, 1, 2])
+    with pytest.raises(ConfigError, match="part=all"):
+        cifar100_split(str(data_root), n_val_tasks=3, part="cl", class_order=list(range(100)))
+
+
 def test_cub_split(data_root):
     s = cub(str(data_root), image_size=32, shuffle_classes=False)
     assert len(s) == 20 and s.tasks[1].classes == list(range(10, 20)) and s.input_shape == (3, 32, 32)

@@ -6,6 +6,7 @@ from cl.approaches.imm_mean import IMMMean
 from cl.approaches.imm_mode import IMMMode
 from cl.approaches.independent import Independent
 from cl.approaches.joint import Joint
+from cl.approaches.lwf import LwF
 from cl.approaches.mas import MAS
 from cl.approaches.mas_local import MASLocal
 from cl.approaches.online_ewc import OnlineEWC
@@ -13,5 +14,5 @@ from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
 from cl.approaches.si import SI
 
-__all__ = ["ContinualApproach", "BLIP", "EWC", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "MAS",
+__all__ = ["ContinualApproach", "BLIP", "EWC", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
            "MASLocal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]

@@ -6,6 +6,7 @@ What a new approach overrides (all optional):
   restored the best-validation weights.
 - `penalty()`: a regularizer added to the task loss (EWC, MAS, SI, ...).
 - `training_loss(x, y, task)`: the whole per-batch loss, for methods that change more than a penalty.
+- `validation_objective(x, y, task)`: the validation loss and logits (default: cross-entropy).
 - `train_sources(data, t)` / `valid_sources(data, t)`: what to train and validate on for task t (joint training
   uses every task so far; replay methods add memories).
 - `trainable_parameters()` / `trained_tasks()`: what task t trains; the rest is frozen for the task.
@@ -95,9 +96,9 @@ class ContinualApproach(pl.LightningModule):
         return [self.task_id]
 
     def trainable_parameters(self) -> list:
-        """What this task trains: the trunk and the heads of `trained_tasks()`."""
+        """What this task trains: the trunk (less what it keeps frozen) and the heads of `trained_tasks()`."""
         heads = {id(h): h for h in (self.net.head_for(t) for t in self.trained_tasks())}.values()
-        return list(self.net.trunk.parameters()) + [p for h in heads for p in h.parameters()]
+        return self.net.trunk_parameters() + [p for h in heads for p in h.parameters()]
 
     def setup(self, stage: str):
         # freeze everything this task does not train before the strategy wraps the module: DDP then neither
@@ -129,10 +130,17 @@ class ContinualApproach(pl.LightningModule):
         self._loss_sum = None if loss_sum is None else torch.tensor(loss_sum, device=self.device)
         self._n_batches = n_batches
 
+    def validation_objective(self, x: torch.Tensor, y: torch.Tensor,
+                             task: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation loss (what the patience schedule selects on) and the logits: the cross-entropy, unless a
+        method validates on its whole training objective (LwF: with the distillation, as the HAT/BLIP code)."""
+        logits = self(x, task)
+        return F.cross_entropy(logits, y), logits
+
     def validation_step(self, batch, batch_idx):
         x, y, task = batch
-        logits = self(x, task)
-        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, logger=False,
+        loss, logits = self.validation_objective(x, y, task)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, logger=False,
                  batch_size=len(y), sync_dist=True)
         self.log("val/acc", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, logger=False,
                  batch_size=len(y), sync_dist=True)

@@ -30,7 +30,7 @@ class Independent(ContinualApproach):
         return self.net(x, task, trunk=self.trunk_for(int(task)))
 
     def trainable_parameters(self):
-        return list(self.trunk_for(self.task_id).parameters()) + list(self.net.heads[self.task_id].parameters())
+        return self.net.trunk_parameters(self.trunk_for(self.task_id)) + list(self.net.heads[self.task_id].parameters())
 
     def cl_state_bytes(self) -> int:
         """The trunks of earlier tasks, kept so each task is evaluated with its own network."""

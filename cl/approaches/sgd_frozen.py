@@ -5,4 +5,4 @@ from cl.approaches.base import ContinualApproach
 class SGDFrozen(ContinualApproach):
     def trainable_parameters(self):
         head = list(self.net.head_for(self.task_id).parameters())
-        return list(self.net.trunk.parameters()) + head if self.task_id == 0 else head
+        return self.net.trunk_parameters() + head if self.task_id == 0 else head

@@ -55,6 +55,14 @@ class TaskNetwork(nn.Module):
         if hook is not None:
             hook(task)
 
+    def trunk_parameters(self, trunk: nn.Module | None = None) -> list[nn.Parameter]:
+        """The parameters of `trunk` (default: the shared trunk) that may train: all of them, less those the trunk
+        keeps frozen through its optional `frozen_parameters()` (e.g. the pretrained AlexNet's layers outside
+        `trainable_layers`). Approaches train and regularize from this list, never from `trunk.parameters()`."""
+        trunk = trunk or self.trunk
+        frozen = {id(p) for p in getattr(trunk, "frozen_parameters", tuple)()}
+        return [p for p in trunk.parameters() if id(p) not in frozen]
+
     @property
     def multi_head(self) -> bool:
         return self.head_mode == "multi"

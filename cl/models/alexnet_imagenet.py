@@ -1,0 +1,124 @@
+"""torchvision's ImageNet AlexNet as a trunk (the MAS re-implementation fine-tunes it), without torchvision.
+
+Same layers, shapes and state-dict keys as `torchvision.models.alexnet`: convolutions `features.0/3/6/8/10`, a 6×6
+adaptive average pool, then `classifier.1` and `classifier.4` (Linear 4096, each after a dropout). torchvision's
+last layer `classifier.6` (the 1000 ImageNet classes) is what the project's per-task heads replace, so a torchvision
+state dict loads here with `classifier.6.*` ignored (`pretrained`).
+
+Images are resized to `input_size` on the device, per batch (Tiny-ImageNet's 64×64 → 224×224 as the
+re-implementation), instead of decoding a 224×224 cache. `trainable_layers` names the layers that train; the others
+keep their (pretrained) weights, and every approach leaves them out of what it trains and regularizes
+(`frozen_parameters`, read by `TaskNetwork.trunk_parameters`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl.errors import ConfigError
+
+IGNORED_PREFIX = "classifier.6."  # torchvision's ImageNet classifier: replaced by the task heads
+POOLED_SIDE = 6
+
+
+def _conv_side(side: int) -> int:
+    """Side of the last feature map for an input side (0 when the input is too small)."""
+    for kernel, stride, pad, pool in ((11, 4, 2, True), (5, 1, 2, True), (3, 1, 1, False), (3, 1, 1, False),
+                                      (3, 1, 1, True)):
+        side = (side + 2 * pad - kernel) // stride + 1
+        if pool:
+            side = (side - 3) // 2 + 1
+        if side < 1:
+            return 0
+    return side
+
+
+def _few(names: Sequence[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class AlexNetImageNet(nn.Module):
+    """`fc_sizes` and `dropout` default to torchvision's (4096, 4096; 0.5); a pretrained file must match them."""
+
+    def __init__(self, input_shape: Sequence[int], input_size: int | None = 224,
+                 fc_sizes: Sequence[int] = (4096, 4096), dropout: float = 0.5, pretrained: str | None = None,
+                 trainable_layers: Sequence[str] | None = None):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(f"model alexnet_imagenet needs image inputs [C, H, W]; the stream gives "
+                              f"{tuple(input_shape)}")
+        channels, height, width = input_shape
+        side = min(height, width) if input_size is None else input_size
+        if _conv_side(side) < 1:
+            smallest = next(s for s in range(1, 1000) if _conv_side(s) >= 1)
+            raise ConfigError(f"model alexnet_imagenet needs inputs of at least {smallest}×{smallest} pixels; it gets "
+                              f"{side}×{side} (set model.trunk.input_size, e.g. 224 as ImageNet)")
+        self.input_size = input_size
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
+        fc1, fc2 = fc_sizes
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(256 * POOLED_SIDE ** 2, fc1), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(fc1, fc2), nn.ReLU())
+        self.out_dim = fc2
+        self._frozen = self._frozen_outside(trainable_layers)
+        if pretrained is not None:
+            load_torchvision_state(self, pretrained)
+
+    def _frozen_outside(self, trainable_layers: Sequence[str] | None) -> list[nn.Parameter]:
+        if trainable_layers is None:
+            return []
+        layers = {name: m for name, m in self.named_modules() if name and next(m.parameters(), None) is not None}
+        unknown = [name for name in trainable_layers if name not in layers]
+        if unknown:
+            own = [name for name, m in layers.items() if next(m.parameters(recurse=False), None) is not None]
+            raise ConfigError(f"model.trunk.trainable_layers names {unknown}, not a layer of alexnet_imagenet; its "
+                              f"layers are {', '.join(own)} (or features, classifier)")
+        trained = {id(p) for name in trainable_layers for p in layers[name].parameters()}
+        return [p for p in self.parameters() if id(p) not in trained]
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters outside `trainable_layers`: kept as loaded, neither trained nor regularized."""
+        return self._frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            # bilinear and linear: resizing the normalized batch equals normalizing the resized images
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def load_torchvision_state(trunk: nn.Module, path: str) -> None:
+    """Load a state dict in torchvision's AlexNet key layout (`classifier.6.*` ignored) into `trunk`; a missing file,
+    or keys and shapes that do not match, stop with one line naming a few of the keys that differ."""
+    where = f"model.trunk.pretrained={path}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{where} not found; give the path of torchvision's AlexNet state dict "
+                          f"(e.g. alexnet-owt-7be5be79.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable or non-tensor pickle
+        raise ConfigError(f"{where} cannot be read as a state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{where} is not a state dict (a mapping of parameter names to tensors)")
+    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIX)}
+    expected = trunk.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [f"{k} {list(state[k].shape)} (model {list(expected[k].shape)})"
+             for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    problems = [f"{label} {_few(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    if problems:
+        raise ConfigError(f"{where} does not match torchvision's AlexNet layout: {'; '.join(problems)}")
+    trunk.load_state_dict(state)
