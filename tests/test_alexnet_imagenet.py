@@ -12,7 +12,6 @@ from cl.models import AlexNetImageNet, TaskNetwork
 from cl.task_data import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from tests.fixtures import torchvision_alexnet_shapes, write_torchvision_alexnet
-from tests.test_blip import fit_task
 
 SMALL_FC = (32, 16)
 
@@ -72,7 +71,7 @@ def test_unknown_trainable_layer_stops_with_one_line():
         trunk(trainable_layers=["features.7"])
 
 
-def test_frozen_layers_are_neither_trained_nor_handed_to_the_approach():
+def test_frozen_layers_are_neither_trained_nor_handed_to_the_approach(fit_task):
     torch.manual_seed(0)
     layers = ["features.10", "classifier.4"]
     net = TaskNetwork(lambda input_shape: trunk(trainable_layers=layers), (3, 64, 64), [2])
@@ -87,7 +86,7 @@ def test_frozen_layers_are_neither_trained_nor_handed_to_the_approach():
     assert {n for n, p in named.items() if id(p) in trained} == {f"{layer}.{kind}" for layer in layers
                                                                  for kind in ("weight", "bias")}
     before = {n: p.detach().clone() for n, p in named.items()}
-    fit_task(approach, DeviceStream(stream, "cpu", shared_head=False), 0, epochs=1)
+    fit_task(approach, DeviceStream(stream, "cpu", shared_head=False), 0, epochs=1, validate=True)
     for name, p in named.items():
         assert torch.equal(p, before[name]) != (id(p) in trained), name
     mas = MAS(net)  # a regularizer builds what it regularizes from the same trainable set

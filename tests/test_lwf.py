@@ -16,7 +16,7 @@ from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
 from cl.task_data import DeviceStream
 from tests.conftest import run_pipeline
-from tests.test_blip import fit_task, gaussian_stream
+from tests.test_blip import gaussian_stream
 from tests.test_pipeline import CrashOnFit
 
 
@@ -77,32 +77,33 @@ def changed(module, before) -> set[str]:
     return {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
 
 
-def test_warm_up_trains_only_the_new_head():
+def test_warm_up_trains_only_the_new_head(fit_task):
     approach, data = on_gaussians(warmup_epochs=2)
-    fit_task(approach, data, 0, epochs=2)
+    fit_task(approach, data, 0, epochs=2, validate=True)
     before = snapshot(approach.net)
-    fit_task(approach, data, 1, epochs=2)  # both epochs are warm-up
+    fit_task(approach, data, 1, epochs=2, validate=True)  # both epochs are warm-up
     assert changed(approach.net, before) == {"heads.1.weight", "heads.1.bias"}
-    fit_task(approach, data, 1, epochs=3)  # a third epoch trains jointly: trunk and old head move too
+    # a third epoch trains jointly: trunk and old head move too
+    fit_task(approach, data, 1, epochs=3, validate=True)
     assert {"trunk.1.weight", "heads.0.weight"} <= changed(approach.net, before)
 
 
-def test_lwf_keeps_task_one_accuracy_above_sgd():
+def test_lwf_keeps_task_one_accuracy_above_sgd(fit_task):
     task_one = {}
     for cls in (SGD, LwF):
         approach, data = on_gaussians(cls)
-        fit_task(approach, data, 0, epochs=5)
-        fit_task(approach, data, 1, epochs=10)
+        fit_task(approach, data, 0, epochs=5, validate=True)
+        fit_task(approach, data, 1, epochs=10, validate=True)
         task_one[cls] = approach.accuracy(data.source(0, "test"))
     assert task_one[LwF] > task_one[SGD] + 0.05, task_one
 
 
-def test_gem_variant_trains_nothing_in_the_first_epoch_of_every_task():
+def test_gem_variant_trains_nothing_in_the_first_epoch_of_every_task(fit_task):
     approach, data = on_gaussians(variant="gem", lamb=1.0, T=1.0)
     before = snapshot(approach.net)
-    fit_task(approach, data, 0, epochs=1)
+    fit_task(approach, data, 0, epochs=1, validate=True)
     assert not changed(approach.net, before)  # the GEM/BCL code skips task 1's first epoch too
-    fit_task(approach, data, 0, epochs=2)
+    fit_task(approach, data, 0, epochs=2, validate=True)
     assert changed(approach.net, before) == {"trunk.1.weight", "trunk.1.bias", "heads.0.weight", "heads.0.bias"}
 
 
@@ -112,9 +113,9 @@ def test_paper_variant_on_a_shared_head_stops_before_training(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_the_teacher_is_in_the_state_dict_from_construction():
+def test_the_teacher_is_in_the_state_dict_from_construction(fit_task):
     trained, data = on_gaussians()
-    fit_task(trained, data, 0, epochs=1)  # on_train_end takes the teacher
+    fit_task(trained, data, 0, epochs=1, validate=True)  # on_train_end takes the teacher
     fresh = on_gaussians()[0]
     assert not torch.equal(fresh.old.net.trunk[1].weight, trained.net.trunk[1].weight)
     fresh.load_state_dict(trained.state_dict())  # what resuming from a checkpoint does
