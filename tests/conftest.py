@@ -15,6 +15,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker: torch's own threads would fight the other workers
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the runs started as subprocesses too
+    import torch
+
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 # real MNIST shipped beside the project (tests and benchmarks read it; CI has it at ../shared/data)

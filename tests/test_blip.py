@@ -278,7 +278,7 @@ MODEL_INPUTS = {"mlp": (1, 28, 28), "alexnet": (3, 32, 32), "alexnet84": (3, 84,
                 "resnet18_reduced": (3, 32, 32)}
 
 
-SLOW_MODELS = {"alexnet84", "resnet18", "resnet18_reduced"}  # tens of millions of parameters, or deep convs
+SLOW_MODELS = {"alexnet84", "resnet18", "resnet18_reduced", "alexnet_imagenet"}  # tens of millions of parameters, or deep convs
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODELS else m

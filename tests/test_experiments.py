@@ -20,7 +20,12 @@ EXTRA = {
 }
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# in the default run: the short-task recipe, MAS on real MNIST, and the ImageNet-weights path; every recipe under -m slow
+FAST = {"gem_single_pmnist", "mas_mnist_demo", "mas_tinyimagenet4"}
+
+
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=() if e in FAST else pytest.mark.slow)
+                                        for e in EXPERIMENTS])
 def test_experiment_runs_in_debug_mode(experiment, request, tmp_path):
     text = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
     on_mnist = any(f"override /stream: {s}" in text for s in MNIST_STREAMS)

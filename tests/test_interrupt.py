@@ -188,7 +188,7 @@ def test_sigint_on_the_command_line_prints_the_resume_command(tmp_path):
 
 def test_resume_messages(tmp_path, with_callback, caplog):
     """Interrupted before any checkpoint in task 1: task 1 starts over; a finished run: nothing to resume."""
-    overrides = ["approach=sgd", *OVERRIDES]
+    overrides = ["approach=sgd", *OVERRIDES, "trainer.max_epochs=1"]
     with_callback[:] = [SignalAt("evaluation", 1, signal.SIGTERM)]
     # stop right after task 1's training, before its evaluation finished: simulate a kill by deleting what the
     # task end would have written, leaving the state of a run killed in task 1 without a mid-task checkpoint

@@ -106,7 +106,7 @@ class CrashOnFit:
         return self.fit(trainer, *args, **kwargs)
 
 
-@pytest.mark.parametrize("approach", ["sgd", "independent"])
+@pytest.mark.parametrize("approach", ["sgd", pytest.param("independent", marks=pytest.mark.slow)])
 def test_resume_gives_the_same_results_as_an_uninterrupted_run(approach, tmp_path, monkeypatch):
     overrides = [f"approach={approach}", "trainer.max_epochs=2", "seed=3"]
     full = run_pipeline(overrides, tmp_path / "full")

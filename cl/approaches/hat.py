@@ -42,6 +42,7 @@ from torch import nn
 
 from cl.approaches.base import ContinualApproach
 from cl.errors import ConfigError
+from cl.models.alexnet_imagenet import AlexNetImageNet
 from cl.models.network import TaskNetwork
 from cl.models.resnet import BasicBlock, ResNet
 
@@ -86,6 +87,10 @@ class UnitPlan:
         self._gate = ""
         if isinstance(trunk, ResNet):
             self._walk((f"features.{n}", m) for n, m in trunk.features.named_children())
+        elif isinstance(trunk, AlexNetImageNet):  # features → avgpool → flatten → classifier, as its forward
+            self._walk([*((f"features.{n}", m) for n, m in trunk.features.named_children()),
+                        ("avgpool", trunk.avgpool), ("flatten", nn.Flatten()),
+                        *((f"classifier.{n}", m) for n, m in trunk.classifier.named_children())])
         elif isinstance(trunk, nn.Sequential):
             self._walk(trunk.named_children())
         else:
@@ -106,7 +111,7 @@ class UnitPlan:
                     self._gate = name
             else:
                 raise ConfigError(f"approach=hat cannot mask through a {type(module).__name__} layer ({name}); "
-                                  f"use model=mlp, alexnet, alexnet84, resnet18 or resnet18_reduced")
+                                  f"use model=mlp, alexnet, alexnet84, alexnet_imagenet, resnet18 or resnet18_reduced")
         self._close()
 
     def _block(self, name: str, block: BasicBlock) -> None:
@@ -145,7 +150,7 @@ class UnitPlan:
         features, units = _in_features(self._modules[name]), self.layers[source].units
         if features % units:
             raise ConfigError(f"approach=hat: {name} reads {features} features from a layer of {units} units; "
-                              f"use model=mlp, alexnet, alexnet84, resnet18 or resnet18_reduced")
+                              f"use model=mlp, alexnet, alexnet84, alexnet_imagenet, resnet18 or resnet18_reduced")
         return features // units
 
 
@@ -255,8 +260,11 @@ class HAT(ContinualApproach):
             return  # nothing to protect yet: every scale would be 1
         modules = dict(self.net.trunk.named_modules())
         per_layer = self.cumulative_mask.split(self.unit_sizes)
+        trained = {id(p) for p in self._trained}
         for w in self.masked_weights:
             module = modules[w.layer]
+            if id(module.weight) not in trained:  # a layer the trunk keeps frozen (alexnet_imagenet)
+                continue
             trailing = (1,) * (module.weight.dim() - 2)  # a conv's kernel positions share the scale
             used_out = per_layer[w.output].view(-1, 1, *trailing)
             if w.input is not None:
