@@ -265,7 +265,7 @@ class TaskLoop:
     def write_figures(self):
         """The plots, drawn once: at the end of the run, or when it is interrupted."""
         if self.acc_rows:
-            write_figures(self.run_dir, self.results)
+            write_figures(self.run_dir, self.build_results())
             self.approach.write_figures(self.run_dir)
 
 
