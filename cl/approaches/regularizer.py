@@ -121,6 +121,8 @@ class FoldedQuadratic:
             else:
                 self.gradient_factor = torch._foreach_mul(self.importance, 2.0 * scale)
                 self.gradient_shift = torch._foreach_mul(self.gradient_factor, self.anchor)
+        self._lerp_lr: float | None = None
+        self._lerp_weights: list[torch.Tensor] | None = None
 
     @torch.no_grad()
     def value(self) -> torch.Tensor:
@@ -130,6 +132,19 @@ class FoldedQuadratic:
         else:
             squares = _weighted_square_sum(self.importance, distance)
         return (squares + self.offset) * self.scale
+
+    @torch.no_grad()
+    def step_toward_anchor(self, lr: float) -> None:
+        """θ ← θ − lr·2·scale·A ⊙ (θ − θ̄): the penalty's share of a plain SGD step, applied to θ directly (one fused
+        lerp pass instead of two passes into p.grad). Plain SGD then takes θ − lr·g_task, which is exactly the step
+        on g_task + the penalty's gradient, both evaluated at θ before the step."""
+        if self.gradient_factor is None:
+            torch._foreach_lerp_(self.params, self.anchor, 2.0 * self.scale * lr)
+            return
+        if self._lerp_lr != lr:  # once per task, and again when a schedule changes the learning rate
+            self._lerp_weights = torch._foreach_mul(self.gradient_factor, lr)
+            self._lerp_lr = lr
+        torch._foreach_lerp_(self.params, self.anchor, self._lerp_weights)
 
     @torch.no_grad()
     def add_gradient(self) -> None:
@@ -247,10 +262,30 @@ class ImportanceRegularizer(ContinualApproach):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(x, task), y)  # the task loss; the penalty acts through its gradient
 
+    # False where a subclass needs the penalty's gradient in p.grad (SI reads the update from it)
+    direct_penalty_step = True
+
     def on_before_optimizer_step(self, optimizer) -> None:
         folded = self.folded()
-        if folded is not None:
+        if folded is None:
+            return
+        lr = self._plain_sgd_lr(optimizer) if self.direct_penalty_step else None
+        if lr is not None:
+            folded.step_toward_anchor(lr)
+        else:  # momentum, weight decay, clipping or another optimizer: the penalty goes through the gradient
             folded.add_gradient()
+
+    def _plain_sgd_lr(self, optimizer) -> float | None:
+        """The learning rate when the coming step is plain SGD on the gradient as it is (no momentum, weight decay
+        or gradient clipping, which would treat the penalty's gradient differently from a separate step)."""
+        if not isinstance(optimizer, torch.optim.SGD) or len(optimizer.param_groups) != 1:
+            return None
+        group = optimizer.param_groups[0]
+        if group["momentum"] or group["weight_decay"] or group["maximize"]:
+            return None
+        if self._trainer is not None and self.trainer.gradient_clip_val:
+            return None
+        return float(group["lr"])
 
     def on_train_epoch_end(self):
         super().on_train_epoch_end()
