@@ -17,7 +17,9 @@ MNIST); with one head per task it distills the new head's untrained outputs (BCL
 protects nothing. The targets come from the frozen copy in eval mode (the code recorded them in train mode).
 
 The frozen copy lives in the state dict from construction (fixed shapes) and is refreshed in `on_train_end`, after
-the schedule restored the best weights, so task-end and mid-task checkpoints resume with the right teacher."""
+the schedule restored the best weights, so task-end and mid-task checkpoints resume with the right teacher. At each
+task start its outputs on the task's training data are recorded once, as the paper does (`record_targets`);
+validation runs the frozen copy on its batches."""
 from __future__ import annotations
 
 import copy
@@ -32,6 +34,7 @@ from torch import nn
 from cl.approaches.base import ContinualApproach
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
+from data.tensor_loader import BatchSource
 
 log = logging.getLogger(__name__)
 # the GEM variant's first epoch returns None from training_step on purpose (nothing trains in that epoch)
@@ -84,6 +87,10 @@ class LwF(ContinualApproach):
                          eval_batch_size=eval_batch_size, name=name or "lwf")
         self.lamb, self.T, self.warmup_epochs, self.eps, self.variant = lamb, T, warmup_epochs, eps, variant
         self.old = FrozenCopy(net)  # the network at the end of the previous task: the distillation's teacher
+        # the task's training sources, their labels and the teacher's recorded outputs, by sample position
+        self._sources: list[BatchSource] = []
+        self._labels: torch.Tensor | None = None
+        self._targets: list[torch.Tensor] | None = None
 
     def setup_stream(self, stream) -> None:
         super().setup_stream(stream)
@@ -96,25 +103,59 @@ class LwF(ContinualApproach):
         return list(range(self.task_id + 1)) if self.variant == "paper" else [self.task_id]
 
     # --- the objective ----------------------------------------------------------------------------------------
-    def objective(self, x: torch.Tensor, y: torch.Tensor, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """CE of the task's head plus λ × the distillation (from task 2 on), and the task's logits. One trunk pass
-        for all heads, and one no-grad pass of the frozen copy."""
+    def objective(self, x: torch.Tensor, y: torch.Tensor, task: int,
+                  targets: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CE of the task's head plus λ × the distillation (from task 2 on), and the task's logits. `targets`: the
+        teacher's outputs for x (recorded before the task); None: one no-grad pass of the frozen copy now."""
         features = self.net.trunk(x)
         logits = self.net.head_for(task)(features)
         loss = F.cross_entropy(logits, y)
         if self.task_id > 0:
-            loss = loss + self.lamb * self.distillation(features, self.old.features(x))
+            loss = loss + self.lamb * self.distillation(features, self.teacher_outputs(x) if targets is None else targets)
         return loss, logits
 
-    def distillation(self, features: torch.Tensor, old_features: torch.Tensor) -> torch.Tensor:
-        new, old, t = self.net, self.old.net, self.task_id
-        if self.variant == "gem":
-            return legacy_kl(new.head_for(t)(features), old.head_for(t)(old_features), self.T)
-        return sum(soft_cross_entropy(new.heads[u](features), old.heads[u](old_features), self.T, self.eps)
-                   for u in range(t))
+    def distilled_heads(self) -> list[int]:
+        return [self.task_id] if self.variant == "gem" else list(range(self.task_id))
 
-    def training_loss(self, x, y, task):
-        return self.objective(x, y, task)[0]
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen copy's logits of every distilled head (paper: the old tasks'; gem: the current one's)."""
+        features = self.old.features(x)
+        return [self.old.net.head_for(u)(features) for u in self.distilled_heads()]
+
+    def distillation(self, features: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        heads = [self.net.head_for(u)(features) for u in self.distilled_heads()]
+        if self.variant == "gem":
+            return legacy_kl(heads[0], targets[0], self.T)
+        return sum(soft_cross_entropy(new, old, self.T, self.eps) for new, old in zip(heads, targets))
+
+    # --- the paper's recorded responses -------------------------------------------------------------------------
+    def train_sources(self, data, t):
+        """The task's batches carry each sample's position instead of its label: the label and the teacher's
+        outputs, recorded once at task start (`record_targets`, as the paper records y_o before training), are
+        looked up by it. The same numbers as a teacher pass per step (no augmentation, teacher in eval mode),
+        without its cost in every epoch."""
+        self._sources = super().train_sources(data, t)
+        positions, start = [], 0
+        for s in self._sources:
+            positions.append(BatchSource(s.x, torch.arange(start, start + len(s.y), device=s.y.device), s.task,
+                                         s.transform))
+            start += len(s.y)
+        return positions
+
+    @torch.no_grad()
+    def record_targets(self) -> None:
+        self._labels = torch.cat([s.y for s in self._sources])
+        self._targets = None
+        if self.task_id == 0:
+            return
+        recorded = [self.teacher_outputs(x) for s in self._sources
+                    for x, _, _ in s.batches(self.hparams.eval_batch_size)]
+        self._targets = [torch.cat(parts) for parts in zip(*recorded)]
+
+    def training_loss(self, x, positions, task):
+        targets = None if self._targets is None else [t[positions] for t in self._targets]
+        return self.objective(x, self._labels[positions], task, targets)[0]
 
     def validation_objective(self, x, y, task):
         return self.objective(x, y, task)
@@ -125,6 +166,7 @@ class LwF(ContinualApproach):
 
     def on_train_start(self):
         self.old.eval()
+        self.record_targets()
         if self.variant == "gem" and self.trainer.max_epochs == 1:
             log.warning("approach.variant=gem trains nothing with one epoch per task: its first epoch of every task "
                         "only records targets (as the GEM/BCL code); give trainer.max_epochs >= 2")
@@ -144,5 +186,6 @@ class LwF(ContinualApproach):
                     p.grad = None
 
     def on_train_end(self):
+        self._sources, self._labels, self._targets = [], None, None  # lets the stream free the task's device copy
         self.old.snapshot(self.net)
         self.old.train()  # as the rest of the module between fits (Lightning warns about eval modules at fit start)
