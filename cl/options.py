@@ -163,6 +163,7 @@ RULES: dict[str, Rule] = {
     "checkpoint_every_n_steps": Int(ge=1, optional=True),
     "first_task.max_epochs": Int(ge=1, optional=True),
     "first_task.lr": Float(gt=0, optional=True),
+    "first_task.batch_size": Int(ge=1, optional=True),
     # --- trainer (Lightning Trainer arguments) ---------------------------------------------------------------------
     "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "auto")),
     "trainer.devices": Int(ge=1) | Choice(("auto",)) | ListOf(Int(ge=0), min_len=1),

@@ -202,8 +202,8 @@ class TaskLoop:
         approach.task_id, approach.step_offset = t, self.step_offset
         approach.lr = cfg.first_task.lr if t == 0 and cfg.first_task.lr else self.base_lr
         trainer = self.trainer = self.make_trainer(t)
-        train = TaskBatches(approach.train_sources(self.data, t), approach.hparams.batch_size, shuffle=True,
-                            seed=task_seed(cfg.seed, t))
+        batch_size = cfg.first_task.batch_size if t == 0 and cfg.first_task.batch_size else approach.hparams.batch_size
+        train = TaskBatches(approach.train_sources(self.data, t), batch_size, shuffle=True, seed=task_seed(cfg.seed, t))
         valid_sources = [s for s in approach.valid_sources(self.data, t) if len(s.y)]
         valid = TaskBatches(valid_sources, approach.hparams.eval_batch_size) if valid_sources else None
         ckpt_path = None

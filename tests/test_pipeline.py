@@ -166,3 +166,18 @@ def test_two_process_cpu_ddp_run(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["complete"] and results["metrics"]["la"] > 0.8
     assert proc.stdout.count("results:") == 1  # one table, printed by rank 0
+
+
+def test_first_task_trains_with_its_own_epochs_and_batch_size(tmp_path):
+    import torch
+
+    run_pipeline(["approach=sgd", "trainer.max_epochs=1", "first_task.max_epochs=2", "first_task.batch_size=16"],
+                 tmp_path)
+    steps = [torch.load(tmp_path / "checkpoints" / f"task_{t}.ckpt", weights_only=False)["cl_step_offset"]
+             for t in (0, 1)]
+    from cl.pipeline import build
+
+    stream, _ = build(compose_config(["approach=sgd"], tmp_path))
+    n_train = [len(stream.tasks[t].train.y) for t in (0, 1)]
+    assert steps[0] == 2 * -(-n_train[0] // 16)
+    assert steps[1] - steps[0] == -(-n_train[1] // 64)
