@@ -1,14 +1,11 @@
 """Under DDP the Fisher sums are all-reduced: 2 gloo processes allocate the same bits as 1 process.
 Kept in its own light module: spawned workers import only torch and cl.blip."""
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from cl.blip.fisher import FisherSettings, estimate_fisher
 from cl.blip.quant import QuantSettings, TrunkQuantizer
+from tests.gloo import on_two_ranks
 
 
 class ConvTrunk(nn.Sequential):
@@ -17,12 +14,8 @@ class ConvTrunk(nn.Sequential):
                          nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 5))
 
 
-def _fisher_on_rank(rank: int, world: int, port: int, queue):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        queue.put((rank, {k: v.numpy() for k, v in _fisher_bits().items()}))
-    finally:
-        dist.destroy_process_group()
+def _fisher_bits_as_arrays() -> dict:
+    return {k: v.numpy() for k, v in _fisher_bits().items()}
 
 
 def _fisher_bits() -> dict[str, torch.Tensor]:
@@ -39,17 +32,7 @@ def _fisher_bits() -> dict[str, torch.Tensor]:
 
 
 def test_two_process_fisher_allocates_the_same_bits():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_fisher_on_rank, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
+    results = on_two_ranks(_fisher_bits_as_arrays, timeout=60)
     single = _fisher_bits()
     for rank in (0, 1):
         assert set(results[rank]) == set(single)

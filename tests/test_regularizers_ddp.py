@@ -1,15 +1,12 @@
 """Under DDP the regularizers' task-end statistics are all-reduced: 2 gloo processes give the same Fisher, MAS Ω and
 MAS-local Ω as 1 process on the same data. Kept in its own light module: spawned workers import only torch and
 cl.importance."""
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from cl.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_omega
 from data.tensor_loader import BatchSource
+from tests.gloo import on_two_ranks
 
 
 def _model() -> nn.Sequential:
@@ -43,27 +40,12 @@ def _importances() -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def _on_rank(rank: int, world: int, port: int, queue):
-    torch.set_num_threads(1)  # two processes share the cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        queue.put((rank, {kind: {k: v.numpy() for k, v in values.items()} for kind, values in _importances().items()}))
-    finally:
-        dist.destroy_process_group()
+def _importances_as_arrays() -> dict:
+    return {kind: {k: v.numpy() for k, v in values.items()} for kind, values in _importances().items()}
 
 
 def test_two_processes_give_the_importances_of_one():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_on_rank, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
+    results = on_two_ranks(_importances_as_arrays)
     single = _importances()
     for rank in (0, 1):
         assert set(results[rank]) == set(single)
