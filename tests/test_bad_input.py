@@ -48,7 +48,7 @@ def test_impossible_combinations_stop_before_training(args, expected, tmp_path):
 def test_a_failed_run_leaves_no_run_dir_and_one_line(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(["approach.lr=1e38", "approach=sgd", f"hydra.run.dir={run_dir}"])
-    assert "the training loss became nan in task 0" in error_line(proc)
+    assert "the training loss became nan in task 1" in error_line(proc)
     assert not run_dir.exists()
 
 

@@ -155,7 +155,7 @@ class ContinualApproach(pl.LightningModule):
             return
         if not math.isfinite(train_loss):
             raise TrainingError(
-                f"the training loss became {train_loss} in task {self.task_id} (epoch {self.current_epoch}); "
+                f"the training loss became {train_loss} in task {self.task_id + 1} (epoch {self.current_epoch + 1}); "
                 f"lower approach.lr (now {self.lr:g}) or the approach's regularization strength")
         self.log("train/loss", train_loss, prog_bar=True, logger=False)
         metrics = {"train/loss": train_loss, "task": self.task_id, "epoch": self.current_epoch,
