@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -249,4 +250,6 @@ def test_resumed_logs_continue_the_interrupted_ones(tmp_path, tmp_path_factory, 
     for tag in ("train/loss", "cl/acc"):
         assert tensorboard_scalars(tmp_path, tag) == tensorboard_scalars(reference_dir, tag)
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, resumed
+    # offline-run-<date>_<time>-<run id>, with a "-1" suffix when the resumed run starts within the same second
+    run_ids = {re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(-\d+)?", r.name).group(1) for r in runs}
+    assert len(runs) == 2 and len(run_ids) == 1  # one W&B run id, resumed
