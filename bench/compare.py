@@ -32,9 +32,9 @@ from bench.report import publish  # noqa: E402
 from cl.errors import ConfigError, TrainingError  # noqa: E402
 from cl.pipeline import config_dict  # noqa: E402
 from cl.pipeline import run as run_config  # noqa: E402
-from tests.conftest import CONF_DIR, SHARED_DATA, compose_config  # noqa: E402
+from tests.conftest import SHARED_DATA, compose_config, config_options  # noqa: E402
 
-APPROACHES = sorted(p.stem for p in (CONF_DIR / "approach").glob("*.yaml"))
+APPROACHES = config_options("approach")
 STREAMS = {
     "mnist5": ["stream=mnist5", "trainer.max_epochs=3"],
     "pmnist (5 × 10k, shared head)": ["stream=pmnist", "stream.n_tasks=5", "stream.train_per_task=10000",
@@ -77,7 +77,7 @@ def approaches_part(seeds: int, data_dir: Path, out: Path) -> str:
     for stream, stream_overrides in STREAMS.items():
         rows = ["| approach | ACC % | BWT pp | forgetting pp | wall s | CL state |", "|---|---|---|---|---|---|"]
         for approach in APPROACHES:
-            runs, refused = [], None
+            runs, no_result = [], None
             for seed in range(seeds):
                 run_dir = out / "approaches" / stream.split()[0] / approach / f"seed{seed}"
                 t0 = time.perf_counter()
@@ -85,17 +85,17 @@ def approaches_part(seeds: int, data_dir: Path, out: Path) -> str:
                     results = run([*COMMON, *stream_overrides, f"approach={approach}", f"seed={seed}"], run_dir,
                                   data_dir)
                 except ConfigError as error:  # an impossible combination, refused before training
-                    refused = f"refused: {str(error).split(';')[0]}"
+                    no_result = f"refused: {str(error).split(';')[0]}"
                     break
                 except TrainingError as error:  # e.g. the loss diverged at these defaults
-                    refused = f"seed {seed} stopped: {str(error).split(';')[0]}"
+                    no_result = f"seed {seed} stopped: {str(error).split(';')[0]}"
                     break
                 m = results["metrics"]
                 print(f"[compare] {stream} {approach} seed {seed}: ACC {100 * m['acc']:.2f} %, BWT "
                       f"{100 * m['bwt']:+.2f} pp, {time.perf_counter() - t0:.1f} s", flush=True)
                 runs.append(results)
-            if refused:
-                rows.append(f"| {approach} | {refused} | | | | |")
+            if no_result:
+                rows.append(f"| {approach} | {no_result} | | | | |")
                 continue
             metric = lambda key: [r["metrics"][key] for r in runs]  # noqa: E731
             state = statistics.fmean(r["memory"]["cl_state_bytes"][-1] for r in runs)

@@ -87,8 +87,7 @@ def two_tasks(name: str, data: DeviceStream, root: Path) -> tuple[float, float]:
 
 
 def state_bytes(name: str, data_dir: str, root: Path) -> list[int]:
-    os.environ["CL_DATA_DIR"] = data_dir
-    results = run_pipeline([f"approach={name}", "stream=mnist5", "trainer.max_epochs=1",
+    results = run_pipeline([f"approach={name}", "stream=mnist5", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
                             "+trainer.limit_train_batches=5", "stream.pc_valid=0", "callbacks=default",
                             *EXTRA.get(name, [])], root / f"state_{name}")
     return results["memory"]["cl_state_bytes"]

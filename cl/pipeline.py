@@ -136,11 +136,16 @@ class TaskLoop:
 
     def make_trainer(self, t: int) -> pl.Trainer:
         cfg = self.cfg
-        epochs = cfg.first_task.max_epochs if t == 0 and cfg.first_task.max_epochs else cfg.trainer.max_epochs
+        epochs = self.task_setting(t, "max_epochs", cfg.trainer.max_epochs)
         # the schedule callbacks before the checkpointer (their state goes into its checkpoints), the timer last
         return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
                                        callbacks=[*self.callbacks, self.mid_task, self.timer],
                                        default_root_dir=str(self.run_dir))
+
+    def task_setting(self, t: int, key: str, default):
+        """`first_task.<key>` for task 1 where it is set, else `default` (what every other task uses)."""
+        value = self.cfg.first_task[key] if t == 0 else None
+        return default if value is None else value
 
     def check_validation(self):
         needs = [type(cb).__name__ for cb in self.callbacks if getattr(cb, "needs_validation", False)]
@@ -200,9 +205,9 @@ class TaskLoop:
         if resume_point is None:
             pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
         approach.task_id, approach.step_offset = t, self.step_offset
-        approach.lr = cfg.first_task.lr if t == 0 and cfg.first_task.lr else self.base_lr
+        approach.lr = self.task_setting(t, "lr", self.base_lr)
         trainer = self.trainer = self.make_trainer(t)
-        batch_size = cfg.first_task.batch_size if t == 0 and cfg.first_task.batch_size else approach.hparams.batch_size
+        batch_size = self.task_setting(t, "batch_size", approach.hparams.batch_size)
         train = TaskBatches(approach.train_sources(self.data, t), batch_size, shuffle=True, seed=task_seed(cfg.seed, t))
         valid_sources = [s for s in approach.valid_sources(self.data, t) if len(s.y)]
         valid = TaskBatches(valid_sources, approach.hparams.eval_batch_size) if valid_sources else None

@@ -27,6 +27,11 @@ CONF_DIR = ROOT / "conf"
 SHARED_DATA = Path(os.environ.get("CL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def config_options(group: str) -> list[str]:
+    """The options of a config group (`conf/<group>/*.yaml`), sorted."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config `python train.py <overrides>` would get, with its run dir at `run_dir`."""
     GlobalHydra.instance().clear()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cl.errors import ConfigError, first_cl_error
-from tests.conftest import CONF_DIR, run_pipeline
+from tests.conftest import config_options, run_pipeline
 
-APPROACHES = sorted(p.stem for p in (CONF_DIR / "approach").glob("*.yaml"))
+APPROACHES = config_options("approach")
 # tiny widths on the generated CIFAR fixture (32×32) or miniImageNet fixture (84×84): wiring, not accuracy
 MODELS = {
     "mlp": ["stream=digits5", "model.trunk.hidden_sizes=[32,32]"],

@@ -20,8 +20,7 @@ from cl.blip.quant import QuantSettings, TrunkQuantizer, bit_growth, quantize, s
 from cl.models.network import TaskNetwork
 from cl.task_data import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
-from data.tensor_loader import TaskBatches
-from tests.conftest import CONF_DIR, compose_config, run_pipeline
+from tests.conftest import compose_config, config_options, run_pipeline
 from tests.test_pipeline import CrashOnFit
 
 
@@ -282,7 +281,7 @@ SLOW_MODELS = {"alexnet84", "resnet18", "resnet18_reduced", "alexnet_imagenet"} 
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODELS else m
-                                   for m in sorted(p.stem for p in CONF_DIR.joinpath("model").glob("*.yaml"))])
+                                   for m in config_options("model")])
 def test_blip_quantizes_every_shipped_model(model, tmp_path):
     """Every Linear/Conv2d of the trunk is quantized (heads are not); a Fisher + freeze puts it on its grid."""
     import hydra

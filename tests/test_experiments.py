@@ -2,10 +2,10 @@
 the first two tasks; MNIST streams on the real files)."""
 import pytest
 
-from tests.conftest import CONF_DIR, run_pipeline
+from tests.conftest import CONF_DIR, config_options, run_pipeline
 from tests.fixtures import write_torchvision_alexnet
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = config_options("experiment")
 MNIST_STREAMS = ("mnist5", "pmnist", "rotmnist")
 EXTRA = {
     "blip_mixture5": ["stream.verify_checksums=false"],  # the fixtures are not the canonical files

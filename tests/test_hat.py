@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning import Callback
 from torch import nn
@@ -16,7 +15,6 @@ from cl.errors import ConfigError
 from cl.models import AlexNet, MLP, ResNet, TaskNetwork
 from cl.task_data import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
-from data.tensor_loader import TaskBatches
 from tests.conftest import run_pipeline
 from tests.test_streams_pipeline import MODELS as TINY_MODELS
 

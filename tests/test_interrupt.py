@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
 from cl.errors import RunInterrupted
-from tests.conftest import CONF_DIR, ROOT, SHARED_DATA, run_pipeline
+from tests.conftest import ROOT, SHARED_DATA, config_options, run_pipeline
 
 # three tasks of digits5, three epochs each: a few seconds per run
 OVERRIDES = ["stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=3", "approach.batch_size=32", "seed=1"]
@@ -121,7 +121,7 @@ def test_more_random_interrupts(approach, signum, seed, tmp_path, tmp_path_facto
     assert_same_run(tmp_path, reference)
 
 
-APPROACHES = sorted(p.stem for p in (CONF_DIR / "approach").glob("*.yaml"))
+APPROACHES = config_options("approach")
 
 
 @pytest.mark.slow

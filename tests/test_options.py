@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl.errors import ConfigError
 from cl.options import CHECKED_SECTIONS, RULES, AnyOf, Bool, Choice, ListOf, Number, Text, check_options
-from tests.conftest import CONF_DIR, ROOT, compose_config
+from tests.conftest import ROOT, compose_config, config_options
 
 GROUPS = ("stream", "model", "approach", "trainer", "callbacks", "experiment", "debug")
 
@@ -28,7 +28,7 @@ def leaves(node: DictConfig, prefix: str = ""):
 
 
 def every_selection() -> list[str]:
-    return [f"{g}={p.stem}" for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+    return [f"{g}={o}" for g in GROUPS for o in config_options(g)]
 
 
 _COMPOSED: dict[str, DictConfig] = {}

@@ -6,19 +6,15 @@ import pytest
 import pytorch_lightning as pl
 
 from cl.metrics import all_metrics
-from tests.conftest import CONF_DIR, compose_config, run_pipeline
+from tests.conftest import compose_config, config_options, run_pipeline
 
 RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "random_init_acc", "metrics",
                "time_s", "memory", "approach_info", "config"}
-APPROACHES = sorted(p.stem for p in (CONF_DIR / "approach").glob("*.yaml"))
+APPROACHES = config_options("approach")
 GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
 def test_every_config_composes(group, option, tmp_path):
     cfg = compose_config([f"{group}={option}"], tmp_path)
     assert cfg.stream._target_ and cfg.model._target_ and cfg.approach._target_

@@ -30,6 +30,7 @@ from cl.models.network import TaskNetwork
 
 class SI(ImportanceRegularizer):
     direct_penalty_step = False  # the update SI reads from p.grad must include the penalty's share
+
     def __init__(self, net: TaskNetwork, lamb: float = 1.0, xi: float = 0.1, **optimizer):
         super().__init__(net, lamb=lamb, **optimizer)
         self.xi = xi
