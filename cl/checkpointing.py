@@ -127,9 +127,11 @@ class MidTaskCheckpoints(Callback):
         self.resume: ResumePoint | None = None
         self.timer = None  # the TaskTimer, for the task's training time so far
         self._batch_idx = -1
+        self._saved_at = 0  # global step of the last periodic save in this task
 
     def on_train_start(self, trainer, pl_module):
         self.stops.reinstall()
+        self._saved_at = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.resume is not None:  # the first batch after a mid-task resume: continue the RNG streams as they were
@@ -148,7 +150,9 @@ class MidTaskCheckpoints(Callback):
             self.save(trainer)
             raise RunInterrupted(self.stops.signum, f"in task {pl_module.task_id + 1}, epoch "
                                  f"{trainer.current_epoch + 1}, after batch {batch_idx + 1}")
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # a multiple of n steps was reached or passed (online approaches take many steps per batch)
+        if self.every_n_steps and trainer.global_step // self.every_n_steps > self._saved_at // self.every_n_steps:
+            self._saved_at = trainer.global_step
             self.save(trainer)
 
     def save(self, trainer: pl.Trainer):

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from cl.errors import ConfigError
 
 SECTIONS = ("stream", "model", "approach", "trainer", "callbacks")
+# options any stream accepts, applied by the pipeline to the built stream (cl/pipeline.py build), not passed to it
+PIPELINE_STREAM_OPTIONS = ("use",)
 # what defines the experiment: a resumed run must use the saved values
 RESUME_KEYS = ("stream", "model", "approach", "seed", "callbacks", "trainer.max_epochs", "first_task")
 _SIMPLE = (int, float, bool, str)
@@ -55,8 +57,9 @@ def _type_name(hint) -> str:
     return str(hint).replace("typing.", "")
 
 
-def check_node(node: DictConfig, path: str):
-    """Recursively check every `_target_` node: unknown options and wrongly typed values."""
+def check_node(node: DictConfig, path: str, applied: tuple[str, ...] = ()):
+    """Recursively check every `_target_` node: unknown options and wrongly typed values (`applied`: options of
+    this node that are not passed to its target)."""
     if "_target_" in node:
         try:
             target = hydra.utils.get_object(node._target_)
@@ -67,7 +70,7 @@ def check_node(node: DictConfig, path: str):
             has_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
             hints = _type_hints(target)
             for key in node:
-                if key.startswith("_"):
+                if key.startswith("_") or key in applied:
                     continue
                 if key not in sig.parameters and not has_kwargs:
                     known = ", ".join(k for k in sig.parameters if k not in ("self", "net", "input_shape"))
@@ -87,7 +90,7 @@ def check_config(cfg: DictConfig):
     for section in SECTIONS:
         node = cfg.get(section)
         if isinstance(node, DictConfig):
-            check_node(node, section)
+            check_node(node, section, PIPELINE_STREAM_OPTIONS if section == "stream" else ())
 
 
 def _overridden(prefix: str) -> list[str]:

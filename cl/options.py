@@ -214,6 +214,7 @@ RULES: dict[str, Rule] = {
     "stream.n_tasks": Int(ge=1),
     "stream.max_tasks": Int(ge=1, optional=True),
     "stream.train_per_task": Int(ge=1, optional=True),
+    "stream.use": Float(gt=0, le=1) | Int(gt=1, optional=True),  # a fraction of each task's training set, or a count
     "stream.pc_valid": Float(ge=0, lt=1),
     "stream.valid_from_train": Bool(),
     "stream.download": Bool(),
@@ -278,6 +279,23 @@ RULES: dict[str, Rule] = {
     "approach.warmup_epochs": Int(ge=0),
     "approach.eps": Float(ge=0, lt=1),
     "approach.variant": Choice(("paper", "gem")),
+    # --- replay approaches (er, agem, gem, bcl_dual, bcl_single) ---------------------------------------------------
+    "approach.n_memories": Int(ge=1),
+    "approach.memory_policy": Choice(("ring", "reservoir")),
+    "approach.replay_batch_size": Int(ge=1),
+    "approach.inner_steps": Int(ge=1),
+    "approach.chunk_batches": Int(ge=1),
+    "approach.seed": Int(ge=0),
+    "approach.memory_strength": Float(ge=0),
+    "approach.beta": Float(gt=0, le=1),
+    "approach.temperature": Float(gt=0),
+    "approach.adapt": Bool(),
+    "approach.adapt_lr": Float(gt=0),
+    "approach.soft_targets_train_mode": Bool(),
+    "approach.interpolate_buffers": Bool(),
+    "approach.n_val": Float(gt=0, lt=1),
+    "approach.n_meta": Int(ge=1),
+    "approach.accumulate_inner_grads": Bool(),
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)

@@ -11,13 +11,13 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from cl.approaches.base import ContinualApproach
 from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, continue_logs, mid_task_checkpoint,
                               read_resume_point, remove_quietly, task_checkpoint)
-from cl.config_check import check_config, check_resume_config
+from cl.config_check import PIPELINE_STREAM_OPTIONS, check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.results import build_results, format_table, read_results, write_figures, write_results
 from cl.task_data import DeviceStream
@@ -33,6 +33,8 @@ for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
 warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 # emitted by Lightning itself under torch 2.13, once per Trainer; nothing a user can act on
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# runs without a validation split (e.g. GEM's protocols): nothing to validate is expected, not a mistake
+warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
 # a mid-task resume restores the batch position itself (TaskBatches.start_at), which Lightning cannot see
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
@@ -56,7 +58,10 @@ def config_dict(cfg: DictConfig) -> dict:
 
 
 def build(cfg: DictConfig) -> tuple[Stream, ContinualApproach]:
-    stream: Stream = hydra.utils.instantiate(cfg.stream)
+    stream_cfg = cfg.stream.copy()  # the options every stream has, applied here (the copy resolves as cfg.stream)
+    with open_dict(stream_cfg):
+        applied = {key: stream_cfg.pop(key, None) for key in PIPELINE_STREAM_OPTIONS}
+    stream: Stream = hydra.utils.instantiate(stream_cfg).subsample_train(applied["use"], cfg.seed)
     net = hydra.utils.instantiate(cfg.model, input_shape=stream.input_shape,
                                   task_classes=[t.n_classes for t in stream.tasks],
                                   n_shared_classes=stream.n_global_classes)
@@ -109,7 +114,11 @@ class TaskLoop:
         self.mid_task = MidTaskCheckpoints(run_dir, self.stops, cfg.get("checkpoint_every_n_steps"), self.loggers)
         self.mid_task.timer = self.timer
         self.base_lr = self.approach.lr
-        device = self.make_trainer(0).strategy.root_device
+        first_trainer = self.make_trainer(0)
+        if first_trainer.world_size > 1 and not self.approach.supports_ddp:
+            raise ConfigError(f"approach={self.approach.name} runs on one device (it takes several optimizer steps per "
+                              f"training_step, which DDP cannot sync); use trainer=cpu or trainer=gpu")
+        device = first_trainer.strategy.root_device
         self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
         self.names = [t.name for t in self.stream.tasks]
         # held for the whole run: the device copies of the test sets are made once, not at every evaluation
@@ -207,8 +216,9 @@ class TaskLoop:
         approach.task_id, approach.step_offset = t, self.step_offset
         approach.lr = self.task_setting(t, "lr", self.base_lr)
         trainer = self.trainer = self.make_trainer(t)
-        batch_size = self.task_setting(t, "batch_size", approach.hparams.batch_size)
-        train = TaskBatches(approach.train_sources(self.data, t), batch_size, shuffle=True, seed=task_seed(cfg.seed, t))
+        approach.batch_size = self.task_setting(t, "batch_size", approach.hparams.batch_size)
+        train = TaskBatches(approach.train_sources(self.data, t), approach.batch_size * approach.batches_per_step,
+                            shuffle=True, seed=task_seed(cfg.seed, t))
         valid_sources = [s for s in approach.valid_sources(self.data, t) if len(s.y)]
         valid = TaskBatches(valid_sources, approach.hparams.eval_batch_size) if valid_sources else None
         ckpt_path = None

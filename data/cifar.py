@@ -20,7 +20,7 @@ import torch
 
 from cl.errors import ConfigError, DatasetError
 from data.image_files import canonical_file, keep_first_tasks, ordered_class_groups, shuffled_order
-from data.stream import InputTransform, Stream
+from data.stream import InputTransform, Stream, part_tasks
 from data.streams import class_split_stream
 
 # HAT's CIFAR statistics (used by BLIP for both CIFAR-10 and CIFAR-100)
@@ -111,9 +111,6 @@ def cifar_alt(data_dir: str, name: str = "cifar_alt", seed: int = 0, strict_alte
     return keep_first_tasks(stream, max_tasks)
 
 
-PARTS = ("cl", "val", "all")
-
-
 def cifar100_split(data_dir: str, name: str = "cifar100_split", n_tasks: int = 20, relabel: bool = False,
                    relabel_seed: int = 0, n_val_tasks: int = 0, part: str = "all", seed: int = 0,
                    pc_valid: float = 0.1, normalize: bool = False, download: bool = True,
@@ -125,12 +122,9 @@ def cifar100_split(data_dir: str, name: str = "cifar100_split", n_tasks: int = 2
     labels are shifted down by n_val_tasks × classes-per-task (BCL hard-codes −15 for 3 tasks of 5).
     GEM/BCL feed raw [0, 1] pixels (`normalize: false`); `normalize: true` applies the HAT CIFAR statistics.
     `class_order` (ids after any relabelling) regroups the classes; BCL's shifted parts need consecutive ids."""
-    if part not in PARTS:
-        raise ConfigError(f"stream.part={part!r} is not one of {PARTS}")
     if n_tasks < 1 or 100 % n_tasks:
         raise ConfigError(f"stream.n_tasks={n_tasks} must divide the 100 CIFAR-100 classes evenly")
-    if not 0 <= n_val_tasks < n_tasks or (part == "val" and n_val_tasks == 0):
-        raise ConfigError(f"stream.n_val_tasks={n_val_tasks} must be in [0, {n_tasks}) (and >= 1 for part=val)")
+    keep = part_tasks(part, n_val_tasks, n_tasks)
     if class_order is not None and part != "all":
         raise ConfigError(f"stream.class_order needs stream.part=all (part={part!r} shifts the labels of consecutive "
                           f"class ids); for BCL's class order use stream.relabel=true")
@@ -138,9 +132,9 @@ def cifar100_split(data_dir: str, name: str = "cifar100_split", n_tasks: int = 2
     new_label = (torch.from_numpy(np.random.RandomState(relabel_seed).permutation(100)) if relabel
                  else torch.arange(100))
     per_task = 100 // n_tasks
-    first, last = {"val": (0, n_val_tasks), "cl": (n_val_tasks, n_tasks), "all": (0, n_tasks)}[part]
-    shift = per_task * first
-    groups = [[c - shift for c in g] for g in ordered_class_groups(100, n_tasks, range(100), class_order)[first:last]]
+    shift = per_task * keep.start
+    groups = ordered_class_groups(100, n_tasks, range(100), class_order)[keep.start:keep.stop]
+    groups = [[c - shift for c in g] for g in groups]
     transform = InputTransform(MEAN, STD) if normalize else InputTransform()
     y_train, y_test = new_label[data["y_train"]] - shift, new_label[data["y_test"]] - shift
     stream = class_split_stream(name, data["x_train"], y_train, data["x_test"], y_test, groups, (3, 32, 32),

@@ -5,10 +5,13 @@ Images are kept compact (uint8 where the source is uint8) and turned into normal
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from cl.errors import ConfigError
 
 
 @dataclass
@@ -85,6 +88,44 @@ class Stream:
     @property
     def n_global_classes(self) -> int:
         return 1 + max(c for t in self.tasks for c in t.classes)
+
+    def subsample_train(self, use: float | int | None, seed: int) -> "Stream":
+        """The stream training on part of each task's training split (`stream.use`, the BCL/GEM drivers' `--use`):
+        a fraction `0 < use <= 1` of it (rounded, at least one sample) or `use > 1` samples, drawn at random from
+        (seed, task position) alone, so the draw is reproducible and independent of every other option.
+        Validation and test splits are untouched; None keeps every sample. The drawn splits are new tensors,
+        held by the returned stream for its whole life (DeviceStream caches device copies by their id)."""
+        if use is None:
+            return self
+        if isinstance(use, bool) or not 0 < use < float("inf") or (use > 1 and use != int(use)):
+            raise ConfigError(f"stream.use={use!r} must be a fraction in (0, 1], an integer count > 1, or null")
+        tasks = []
+        for t, task in enumerate(self.tasks):
+            n = len(task.train)
+            if use > 1 and use > n:
+                raise ConfigError(f"stream.use={use} asks for {use} training samples per task, but task {t + 1} "
+                                  f"({task.name}) has only {n}; use a count <= {n} or a fraction in (0, 1]")
+            k = int(use) if use > 1 else max(1, int(round(use * n)))
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, t, _USE_SALT]).generate_state(1)[0]))
+            idx = torch.randperm(n, generator=g)[:k].sort().values
+            tasks.append(replace(task, train=Split(task.train.x[idx], task.train.y[idx])))
+        return Stream(self.name, tasks, self.input_shape)
+
+
+_USE_SALT = 0x75_73_65  # "use": keeps the draws of stream.use apart from other draws seeded by (seed, t)
+
+PARTS = ("cl", "val", "all")
+
+
+def part_tasks(part: str, n_val_tasks: int, n_tasks: int) -> range:
+    """The positions of the tasks that `stream.part` keeps out of a stream of `n_tasks` (BCL's -val/-cl protocol):
+    `val` the first `n_val_tasks` (hyperparameter search), `cl` the others (the continual stream), `all` every
+    task; so the val and cl parts of one seed never share a task."""
+    if part not in PARTS:
+        raise ConfigError(f"stream.part={part!r} is not one of {PARTS}")
+    if not 0 <= n_val_tasks < n_tasks or (part == "val" and n_val_tasks == 0):
+        raise ConfigError(f"stream.n_val_tasks={n_val_tasks} must be in [0, {n_tasks}) (and >= 1 for part=val)")
+    return {"val": range(0, n_val_tasks), "cl": range(n_val_tasks, n_tasks), "all": range(0, n_tasks)}[part]
 
 
 def split_valid(train: Split, pc_valid: float, valid_from_train: bool, generator: torch.Generator) -> tuple[Split, Split]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cl.errors import ConfigError
 from data.mnist import MEAN as MNIST_MEAN, STD as MNIST_STD, load_mnist
-from data.stream import InputTransform, Split, Stream, Task, split_valid
+from data.stream import InputTransform, Split, Stream, Task, part_tasks, split_valid
 
 
 def _class_split(x: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> Split:
@@ -74,13 +74,17 @@ def split_mnist(data_dir: str, name: str = "mnist5",
 
 def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed: int = 0,
                    first_unpermuted: bool = False, train_per_task: int | None = None, pc_valid: float = 0.1,
-                   valid_from_train: bool = False, download: bool = True) -> Stream:
+                   valid_from_train: bool = False, n_val_tasks: int = 0, part: str = "all",
+                   download: bool = True) -> Stream:
     """Permuted MNIST: every task is MNIST (10-way) under its own fixed pixel permutation, drawn from
     (seed, task position) — no cache, so a seed always gives the same permutations. With all training images
     (`train_per_task: null`, BLIP) they are stored once and each task permutes them on the device, per batch;
-    GEM trains on a random 1,000 per task."""
+    GEM trains on a random 1,000 per task. BCL's protocol: the first `n_val_tasks` of the `n_tasks` are for
+    hyperparameter search (`part: val`), the others the continual stream (`part: cl`); each part's tasks are
+    those of `part: all` at the same positions (same permutations and samples)."""
     if n_tasks < 1:
         raise ConfigError(f"stream.n_tasks={n_tasks} must be >= 1")
+    keep = part_tasks(part, n_val_tasks, n_tasks)
     m = load_mnist(data_dir, download)
     g = torch.Generator().manual_seed(seed)
     full = Split(m["x_train"], m["y_train"])
@@ -95,7 +99,7 @@ def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed:
             train, valid = split_valid(Split(full.x[idx], full.y[idx]), pc_valid, valid_from_train, g)
         tasks.append(Task(name=f"p{t}", classes=list(range(10)), train=train, valid=valid, test=test,
                           transform=InputTransform((MNIST_MEAN,), (MNIST_STD,), permutation=perm)))
-    return Stream(name, tasks, (1, 28, 28))
+    return Stream(name, tasks[keep.start:keep.stop], (1, 28, 28))
 
 
 def rotate(images: torch.Tensor, degrees: float, mode: str = "nearest") -> torch.Tensor:
@@ -110,12 +114,15 @@ def rotate(images: torch.Tensor, degrees: float, mode: str = "nearest") -> torch
 
 def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_angle: float = 0.0,
                   max_angle: float = 180.0, train_per_task: int | None = 1000, seed: int = 0, pc_valid: float = 0.1,
-                  valid_from_train: bool = False, interpolation: str = "nearest", download: bool = True) -> Stream:
+                  valid_from_train: bool = False, interpolation: str = "nearest", n_val_tasks: int = 0,
+                  part: str = "all", download: bool = True) -> Stream:
     """GEM's rotated MNIST: task t rotates every image by one angle drawn uniformly from the t-th of n_tasks equal
     slices of [min_angle, max_angle] (seeded, unlike GEM's unseeded Python `random`). GEM trains on 1,000 samples
-    per task (`train_per_task`; null = all 60,000) and tests on the full rotated test set."""
+    per task (`train_per_task`; null = all 60,000) and tests on the full rotated test set. `n_val_tasks`/`part`:
+    BCL's -val/-cl protocol as in `permuted_mnist` (tasks outside the part are drawn, not rotated)."""
     if n_tasks < 1 or max_angle < min_angle:
         raise ConfigError(f"stream.n_tasks={n_tasks} must be >= 1 and min_angle <= max_angle")
+    keep = part_tasks(part, n_val_tasks, n_tasks)
     m = load_mnist(data_dir, download)
     g = torch.Generator().manual_seed(seed)
     width = (max_angle - min_angle) / n_tasks
@@ -123,8 +130,10 @@ def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_
     for t in range(n_tasks):
         angle = min_angle + width * (t + float(torch.rand((), generator=g)))
         idx = torch.randperm(len(m["y_train"]), generator=g)[:train_per_task] if train_per_task else slice(None)
-        train = Split(rotate(m["x_train"][idx], angle, interpolation), m["y_train"][idx])
-        train, valid = split_valid(train, pc_valid, valid_from_train, g)
+        x = rotate(m["x_train"][idx], angle, interpolation) if t in keep else m["x_train"][idx]
+        train, valid = split_valid(Split(x, m["y_train"][idx]), pc_valid, valid_from_train, g)  # the same draws
+        if t not in keep:
+            continue
         test = Split(rotate(m["x_test"], angle, interpolation), m["y_test"])
         tasks.append(Task(name=f"r{angle:.0f}", classes=list(range(10)), train=train, valid=valid, test=test,
                           transform=InputTransform((MNIST_MEAN,), (MNIST_STD,))))

@@ -38,6 +38,9 @@ _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_sum", "_n_batches"})
 
 
 class ContinualApproach(pl.LightningModule):
+    supports_ddp = True
+    batches_per_step = 1  # mini-batches the loop hands each training_step (online approaches take chunks)
+
     def __setattr__(self, name, value):
         if name in _PLAIN_ATTRIBUTES:
             object.__setattr__(self, name, value)
@@ -52,6 +55,7 @@ class ContinualApproach(pl.LightningModule):
         self.name = name or type(self).__name__.lower()
         self.n_tasks = 0
         self.lr = lr
+        self.batch_size = batch_size  # this task's mini-batch size (the loop sets it per task)
         self.task_id = 0
         self.step_offset = 0  # optimizer steps of earlier tasks: logger steps keep increasing across tasks
         self._loss_sum: torch.Tensor | None = None

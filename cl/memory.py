@@ -1,0 +1,161 @@
+"""The episodic memory every replay approach shares (ER, A-GEM, GEM, BCL): `per_task` slots for each task, filled
+as the task's stream goes by, either as a ring (the GEM/BCL codes' "last M samples of the task") or by reservoir
+sampling (a uniform sample of everything the task showed so far).
+
+Samples are stored compactly on the training device: as the stream's uint8 pixels where its inputs are uint8
+images (the normalization is undone exactly and redone on read), else as float32. The slots are registered buffers
+and the fill counters extra state, so checkpoints carry the memory and a resumed run continues it bit for bit.
+Reservoir draws come from a hash of (seed, task, sample number), not from a generator: the same on every rank and
+after a resume, whatever else drew random numbers in between."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from data.stream import InputTransform, Stream
+
+POLICIES = ("ring", "reservoir")
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finalizer: a well-spread 64-bit hash of an integer."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+class Replay(NamedTuple):
+    x: torch.Tensor  # model inputs
+    y: torch.Tensor
+    task: torch.Tensor  # each sample's task
+    slot: torch.Tensor  # and its slot in that task's memory
+
+
+class EpisodicMemory(nn.Module):
+    def __init__(self, stream: Stream, per_task: int, policy: str = "ring", seed: int = 0):
+        super().__init__()
+        self.per_task, self.policy, self.seed = per_task, policy, seed
+        self.n_tasks = len(stream)
+        # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, ...): 4× smaller than the float inputs
+        self.as_uint8 = all(t.train.x.dtype == torch.uint8 for t in stream.tasks)
+        self.transforms: list[InputTransform] = [t.transform for t in stream.tasks]
+        self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.same_normalization = len({(tuple(tf.mean), tuple(tf.std)) for tf in self.transforms}) == 1
+        shape = (self.n_tasks, per_task, *stream.input_shape)
+        self.register_buffer("x", torch.zeros(shape, dtype=torch.uint8 if self.as_uint8 else torch.float32))
+        self.register_buffer("y", torch.zeros(self.n_tasks, per_task, dtype=torch.long))
+        self.filled = [0] * self.n_tasks  # slots in use per task (host-side: no device sync to read them)
+        self.seen = [0] * self.n_tasks  # samples of the task offered so far
+
+    def get_extra_state(self):
+        return {"filled": list(self.filled), "seen": list(self.seen)}
+
+    def set_extra_state(self, state):
+        self.filled, self.seen = list(state["filled"]), list(state["seen"])
+
+    # --- the stored form ----------------------------------------------------------------------------------------
+    def encode(self, t: int, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs → stored form. The normalization is per channel (a permutation only moves pixels of
+        one-channel images), so undoing it on the model inputs recovers the raw pixels exactly."""
+        if not self.as_uint8:
+            return x
+        mean, std = self._channel_stats(t, x)
+        return x.mul(std).add_(mean).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    def decode(self, t: int, stored: torch.Tensor) -> torch.Tensor:
+        """Stored form → the model inputs, bit for bit: the same operations as `InputTransform.normalize`."""
+        if not self.as_uint8:
+            return stored
+        mean, std = self._channel_stats(t, stored)
+        return stored.float().div_(255.0).sub_(mean).div_(std)
+
+    def _channel_stats(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (t, x.device, x.dim())
+        if key not in self._stats:  # made once: two small tensors per step cost as much as the encoding
+            tf = self.transforms[t]
+            shape = (1, -1) + (1,) * (x.dim() - 2) if len(tf.mean) > 1 else (1,)
+            self._stats[key] = (torch.tensor(tf.mean, device=x.device).view(shape),
+                                torch.tensor(tf.std, device=x.device).view(shape))
+        return self._stats[key]
+
+    # --- writing ------------------------------------------------------------------------------------------------
+    def add(self, t: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Offer a batch of task t. Returns what a full ring evicted to make room (BCL trains on it), else None."""
+        n, M = len(y), self.per_task
+        start = self.seen[t]
+        self.seen[t] += n
+        stored = self.encode(t, x)
+        if self.policy == "reservoir":
+            self._add_reservoir(t, start, stored, y)
+            return None
+        if n > M:  # only the last M of the batch survive a ring
+            stored, y, start, n = stored[-M:], y[-M:], start + n - M, M
+        first = start % M
+        # slot ranges, not index tensors: a ring write is one or two slice copies
+        spans = [(first, min(first + n, M), 0)] + ([(0, first + n - M, M - first)] if first + n > M else [])
+        evicted = None
+        if self.filled[t] == M:
+            evicted = (self.decode(t, torch.cat([self.x[t, a:b] for a, b, _ in spans])),
+                       torch.cat([self.y[t, a:b] for a, b, _ in spans]))
+        for a, b, offset in spans:
+            self.x[t, a:b] = stored[offset:offset + b - a]
+            self.y[t, a:b] = y[offset:offset + b - a]
+        self.filled[t] = min(M, self.filled[t] + n)
+        return evicted
+
+    def _add_reservoir(self, t: int, start: int, stored: torch.Tensor, y: torch.Tensor):
+        M = self.per_task
+        target = {}  # slot → position in the batch (a later sample drawn to the same slot replaces an earlier one)
+        for i in range(len(y)):
+            j = start + i  # this sample's number in the task's stream
+            slot = j if j < M else _mix(self.seed * 1_000_003 + t * 1_000_000_007 + j) % (j + 1)
+            if slot < M:
+                target[slot] = i
+        if target:
+            slots = torch.tensor(list(target), device=y.device)
+            rows = torch.tensor(list(target.values()), device=y.device)
+            self.x[t].index_copy_(0, slots, stored[rows])
+            self.y[t].index_copy_(0, slots, y[rows])
+        self.filled[t] = min(M, start + len(y))
+
+    # --- reading ------------------------------------------------------------------------------------------------
+    def task(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything task t holds, as model inputs and labels."""
+        n = self.filled[t]
+        return self.decode(t, self.x[t, :n]), self.y[t, :n]
+
+    def sample(self, tasks: range, n: int) -> Replay | None:
+        """min(n, held) samples drawn uniformly without replacement from the tasks in `tasks` (torch's global
+        generator, which the task loop seeds and checkpoints), with each sample's task and slot.
+        None when those tasks hold nothing."""
+        sizes = [self.filled[u] for u in tasks]
+        total = sum(sizes)
+        if total == 0:
+            return None
+        device = self.y.device
+        pick = torch.randperm(total, device=device)[:n]
+        if all(s == self.per_task for s in sizes):  # full memories: position = task offset × M + slot
+            task_pos, slot = pick // self.per_task, pick % self.per_task
+        else:
+            ends = torch.tensor(sizes, device=device).cumsum(0)
+            task_pos = torch.bucketize(pick, ends, right=True)
+            slot = pick - (ends - torch.tensor(sizes, device=device))[task_pos]
+        task_ids = task_pos + tasks.start
+        y = self.y[task_ids, slot]
+        stored = self.x[task_ids, slot]
+        if not self.as_uint8:
+            return Replay(stored, y, task_ids, slot)
+        if self.same_normalization:
+            return Replay(self.decode(tasks.start, stored), y, task_ids, slot)
+        x = torch.empty(stored.shape, dtype=torch.float32, device=device)
+        for u in task_ids.unique().tolist():  # tasks that normalize differently (e.g. a mixture of datasets)
+            m = task_ids == u
+            x[m] = self.decode(u, stored[m])
+        return Replay(x, y, task_ids, slot)
+
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()

@@ -1,0 +1,185 @@
+"""The episodic memory and the replay approaches (ER, A-GEM, GEM, BCL-Single, BCL-Dual): their defining invariants,
+checked so that a broken implementation fails."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cl.approaches import BCLDual, GEM
+from cl.approaches.agem import project_on_reference
+from cl.approaches.gem import EPS, gem_dual, project_to_cone
+from cl.errors import ConfigError, first_cl_error
+from cl.memory import EpisodicMemory
+from cl.models import MLP, TaskNetwork
+from cl.task_data import DeviceStream
+from data.streams import digits5, permuted_mnist
+from tests.conftest import SHARED_DATA, run_pipeline
+
+ONLINE = ["stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=1", "approach.batch_size=10",
+          "approach.n_memories=20", "approach.chunk_batches=7", "eval_max_samples=100", "seed=2"]
+
+
+# --- the memory ------------------------------------------------------------------------------------------------------
+def batches(n: int, size: int):
+    """digits5-shaped batches (1×8×8) whose every pixel is the sample's number (float inputs: stored as they are)."""
+    for i in range(n):
+        x = torch.arange(i * size, (i + 1) * size, dtype=torch.float32).view(-1, 1, 1, 1).expand(size, 1, 8, 8)
+        yield x.contiguous(), torch.arange(i * size, (i + 1) * size) % 7
+
+
+@pytest.mark.parametrize("policy", ["ring", "reservoir"])
+def test_memory_keeps_its_size_per_task_and_ring_keeps_the_last_samples(policy):
+    stream = digits5()
+    memory = EpisodicMemory(stream, per_task=25, policy=policy, seed=1)
+    for x, y in batches(13, 10):
+        memory.add(1, x, y)
+    assert memory.filled == [0, 25, 0, 0, 0] and memory.seen[1] == 130
+    held = sorted(memory.task(1)[0][:, 0, 0, 0].long().tolist())
+    assert len(set(held)) == 25 and all(0 <= v < 130 for v in held)
+    if policy == "ring":
+        assert held == list(range(105, 130))
+    else:  # a uniform sample of the stream: not just its end
+        assert min(held) < 105
+
+
+def test_memory_state_survives_a_reload_bit_for_bit_and_continues_identically():
+    stream = digits5()
+    a = EpisodicMemory(stream, per_task=16, policy="reservoir", seed=3)
+    data = list(batches(9, 10))
+    for x, y in data[:5]:
+        a.add(0, x, y)
+    b = EpisodicMemory(stream, per_task=16, policy="reservoir", seed=3)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.filled == b.filled and a.seen == b.seen
+    for x, y in data[5:]:
+        a.add(0, x, y)
+        b.add(0, x, y)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_uint8_storage_gives_back_the_model_inputs_bit_for_bit():
+    stream = permuted_mnist(str(SHARED_DATA), n_tasks=2, train_per_task=300, download=False)
+    source = DeviceStream(stream, "cpu", shared_head=True).source(1, "train")
+    x = source.transform(source.x[:50])
+    memory = EpisodicMemory(stream, per_task=64)
+    memory.add(1, x, source.y[:50])
+    assert memory.x.dtype == torch.uint8
+    assert torch.equal(memory.task(1)[0], x)
+    assert torch.equal(memory.sample(range(2), 64).x.sort(0).values, x.sort(0).values)
+
+
+# --- the projections -------------------------------------------------------------------------------------------------
+def test_agem_projection_removes_the_conflict_and_keeps_an_agreeing_gradient():
+    g, ref = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    if torch.dot(g, ref) > 0:
+        ref = -ref
+    projected = project_on_reference(g, ref)
+    assert abs(float(torch.dot(projected, ref))) < 1e-10
+    assert torch.equal(project_on_reference(g, -ref), g)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_gem_projection_satisfies_every_memory_constraint(margin):
+    rng = np.random.default_rng(0)
+    G = torch.from_numpy(rng.normal(size=(6, 40)))
+    g = -G.sum(0) + torch.from_numpy(rng.normal(size=40))  # conflicts with most memories
+    assert (G @ g < 0).sum() >= 3
+    v = gem_dual(G, g, margin)
+    g_tilde = project_to_cone(g, G, margin)
+    # the QP's optimality: G g̃ + ε v ≥ 0, so every dot product is ≥ −ε·v (and v ≥ margin)
+    assert (v >= margin - 1e-9).all()
+    assert (G @ g_tilde + EPS * torch.from_numpy(v) >= -1e-8).all()
+    assert (G @ g_tilde).min() >= -EPS * v.max() - 1e-8
+
+
+def tiny_gem(head: str, t: int) -> GEM:
+    stream = digits5()
+    net = TaskNetwork(lambda input_shape: MLP(input_shape, hidden_sizes=[16]), stream.input_shape,
+                      [2] * 5, head=head, n_shared_classes=10)
+    approach = GEM(net, n_memories=12, memory_strength=0.0)
+    approach.setup_stream(stream)
+    approach.task_id = t
+    approach.setup("fit")
+    data = DeviceStream(stream, "cpu", shared_head=head == "shared")
+    for u in range(t):
+        s = data.source(u, "train")
+        approach.memory.add(u, s.transform(s.x[:12 if u else 7]), s.y[:12 if u else 7])  # task 0 partly filled
+    return approach
+
+
+@pytest.mark.parametrize("head", ["multi", "shared"])
+def test_gem_memory_gradients_equal_one_backward_per_task(head):
+    approach = tiny_gem(head, t=3)
+    G = approach.memory_gradients(3)
+    for u in range(3):
+        x, y = approach.memory.task(u)
+        expected = approach.flat_gradient(F.cross_entropy(approach(x, u), y))
+        torch.testing.assert_close(G[u], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gem_leaves_an_agreeing_gradient_alone_and_projects_a_conflicting_one():
+    approach = tiny_gem("multi", t=2)
+    G = approach.memory_gradients(2)
+    approach.set_gradient(G.sum(0))  # agrees with both memories
+    approach.constrain(G)
+    assert torch.equal(approach.flat_gradient(), G.sum(0))
+    conflicting = -G[0] + 0.1 * G[1]
+    approach.set_gradient(conflicting)
+    approach.constrain(G)
+    v = torch.from_numpy(gem_dual(G, conflicting, 0.0)).float()
+    assert (G @ conflicting).min() < 0 and (G @ approach.flat_gradient() + EPS * v).min() >= -1e-6
+
+
+# --- BCL -------------------------------------------------------------------------------------------------------------
+def test_bcl_dual_never_trains_on_what_its_evaluation_memory_holds(monkeypatch, tmp_path):
+    seen = []
+    inner = BCLDual.inner_loss
+
+    def recording(self, x, y, t):
+        held = self.eval_memory.task(t)[0]
+        seen.append(bool((x[:, None] == held[None]).flatten(2).all(-1).any()))
+        return inner(self, x, y, t)
+
+    monkeypatch.setattr(BCLDual, "inner_loss", recording)
+    run_pipeline(["approach=bcl_dual", *ONLINE, "approach.n_val=0.2"], tmp_path)
+    assert len(seen) > 100 and not any(seen)
+
+
+def test_bcl_single_with_beta_1_one_inner_step_and_no_distillation_is_er(tmp_path):
+    er = run_pipeline(["approach=er", *ONLINE, "approach.replay_batch_size=10"], tmp_path / "er")
+    bcl = run_pipeline(["approach=bcl_single", *ONLINE, "approach.replay_batch_size=10", "approach.beta=1.0",
+                        "approach.inner_steps=1", "approach.memory_strength=0"], tmp_path / "bcl")
+    assert bcl["acc_matrix"] == er["acc_matrix"]
+    other = run_pipeline(["approach=bcl_single", *ONLINE, "approach.replay_batch_size=10", "approach.beta=0.5",
+                          "approach.memory_strength=0"], tmp_path / "bcl_half")
+    assert other["acc_matrix"] != er["acc_matrix"]
+
+
+def test_test_time_adaptation_leaves_the_stored_model_unchanged(tmp_path):
+    plain = run_pipeline(["approach=bcl_single", *ONLINE], tmp_path / "plain")
+    adapted = run_pipeline(["approach=bcl_single", *ONLINE, "approach.adapt=true", "approach.adapt_lr=0.5"],
+                           tmp_path / "adapt")
+    # the same training (adaptation only changes evaluation): the checkpointed networks are identical
+    ckpts = [torch.load(next((d / "checkpoints").glob("task_2.ckpt")), weights_only=False)["state_dict"]
+             for d in (tmp_path / "plain", tmp_path / "adapt")]
+    assert ckpts[0].keys() == ckpts[1].keys()
+    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+               for a, b in zip(ckpts[0].values(), ckpts[1].values()))
+    assert adapted["acc_matrix"] != plain["acc_matrix"]
+
+
+@pytest.mark.parametrize("overrides,says", [
+    (["approach=er", "approach.n_memories=0"], "approach.n_memories=0"),
+    (["approach=bcl_dual", "approach.n_val=1.0"], "approach.n_val=1.0"),
+    (["approach=bcl_dual", "approach.n_memories=3", "approach.n_val=0.2"], "both need at least 1"),
+])
+def test_impossible_memory_settings_stop_before_training(overrides, says, tmp_path):
+    with pytest.raises(Exception) as err:
+        run_pipeline([*overrides, "debug=default"], tmp_path)
+    error = first_cl_error(err.value)
+    assert isinstance(error, ConfigError) and says in str(error) and "\n" not in str(error)
+    assert not (tmp_path / "results.json").exists()
