@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from data.image_cache import MemmapImages
 from data.stream import InputTransform, Stream
 
 POLICIES = ("ring", "reservoir")
@@ -40,8 +41,9 @@ class EpisodicMemory(nn.Module):
         super().__init__()
         self.per_task, self.policy, self.seed = per_task, policy, seed
         self.n_tasks = len(stream)
-        # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, ...): 4× smaller than the float inputs
-        self.as_uint8 = all(t.train.x.dtype == torch.uint8 for t in stream.tasks)
+        # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, disk-cached images): 4× smaller than floats
+        self.as_uint8 = all(isinstance(t.train.x, MemmapImages) or t.train.x.dtype == torch.uint8
+                            for t in stream.tasks)
         self.transforms: list[InputTransform] = [t.transform for t in stream.tasks]
         self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.same_normalization = len({(tuple(tf.mean), tuple(tf.std)) for tf in self.transforms}) == 1

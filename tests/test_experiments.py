@@ -2,7 +2,7 @@
 the first two tasks; MNIST streams on the real files)."""
 import pytest
 
-from tests.conftest import CONF_DIR, config_options, run_pipeline
+from tests.conftest import compose_config, config_options, run_pipeline
 from tests.fixtures import write_torchvision_alexnet
 
 EXPERIMENTS = config_options("experiment")
@@ -27,8 +27,7 @@ FAST = {"gem_single_pmnist", "mas_mnist_demo", "mas_tinyimagenet4"}
 @pytest.mark.parametrize("experiment", [pytest.param(e, marks=() if e in FAST else pytest.mark.slow)
                                         for e in EXPERIMENTS])
 def test_experiment_runs_in_debug_mode(experiment, request, tmp_path):
-    text = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
-    on_mnist = any(f"override /stream: {s}" in text for s in MNIST_STREAMS)
+    on_mnist = compose_config([f"experiment={experiment}"], tmp_path).stream.name in MNIST_STREAMS
     # fixture_data swaps in tiny MNIST files, so only the image streams ask for it
     data_dir = request.getfixturevalue("mnist_dir" if on_mnist else "fixture_data")
     overrides = [f"experiment={experiment}", "debug=default", "eval_max_samples=16", f"paths.data_dir={data_dir}"]

@@ -98,8 +98,9 @@ def test_gem_projection_satisfies_every_memory_constraint(margin):
 
 def tiny_gem(head: str, t: int) -> GEM:
     stream = digits5()
+    # heads of unequal width (the batched pass pads them)
     net = TaskNetwork(lambda input_shape: MLP(input_shape, hidden_sizes=[16]), stream.input_shape,
-                      [2] * 5, head=head, n_shared_classes=10)
+                      [2, 3, 2, 2, 2], head=head, n_shared_classes=10)
     approach = GEM(net, n_memories=12, memory_strength=0.0)
     approach.setup_stream(stream)
     approach.task_id = t
@@ -182,4 +183,13 @@ def test_impossible_memory_settings_stop_before_training(overrides, says, tmp_pa
         run_pipeline([*overrides, "debug=default"], tmp_path)
     error = first_cl_error(err.value)
     assert isinstance(error, ConfigError) and says in str(error) and "\n" not in str(error)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_ddp_is_refused_before_training(tmp_path):
+    with pytest.raises(Exception) as err:
+        run_pipeline(["approach=er", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=default"],
+                      tmp_path)
+    error = first_cl_error(err.value)
+    assert isinstance(error, ConfigError) and "runs on one device" in str(error) and "\n" not in str(error)
     assert not (tmp_path / "results.json").exists()

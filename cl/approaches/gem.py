@@ -7,7 +7,7 @@ with quadprog, the code's own solver.
 The earlier tasks' gradients are computed together: `torch.func.vmap` over the tasks of the gradient of each task's
 mean memory loss, i.e. one batched forward and backward over all memories, reduced per task (not one backward per
 task). A network with BatchNorm normalizes each task's memory with its own batch statistics, as GEM's per-task
-passes do; their running-statistics updates are discarded."""
+passes do; their running-statistics updates are discarded. Dropout draws a mask per task's pass."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from cl.approaches.replay import ReplayApproach
-from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 
 EPS = 1e-3
@@ -46,12 +45,6 @@ class GEM(ReplayApproach):
         super().__init__(net, **kwargs)
         self.memory_strength = memory_strength
 
-    def setup_stream(self, stream):
-        super().setup_stream(stream)
-        if self.net.multi_head and len({h.out_features for h in self.net.heads}) > 1:
-            raise ConfigError("approach=gem computes the earlier tasks' gradients in one batched pass, which needs "
-                              "heads of equal width; use tasks with equal class counts or model.head=shared")
-
     def observe(self, x, y, t):
         G = self.memory_gradients(t) if t > 0 else None
         loss = F.cross_entropy(self(x, t), y)
@@ -73,9 +66,12 @@ class GEM(ReplayApproach):
         trunk = {k: p.detach() for k, p in net.trunk.named_parameters()}
         buffers = {k: v.expand(t, *v.shape).clone() for k, v in net.trunk.named_buffers()}  # one copy per task
         heads = [net.head_for(u) for u in range(t)]
-        head_w = torch.stack([h.weight for h in heads]) if net.multi_head else heads[0].weight
-        head_b = torch.stack([h.bias for h in heads]) if net.multi_head else heads[0].bias
-        head_w, head_b = head_w.detach(), head_b.detach()
+        if net.multi_head:  # stacked, narrower heads padded with classes that never win (zero weights, bias −1e9)
+            width = max(h.out_features for h in heads)
+            head_w = torch.stack([F.pad(h.weight.detach(), (0, 0, 0, width - h.out_features)) for h in heads])
+            head_b = torch.stack([F.pad(h.bias.detach(), (0, width - h.out_features), value=-1e9) for h in heads])
+        else:
+            head_w, head_b = heads[0].weight.detach(), heads[0].bias.detach()
 
         def task_loss(trunk_params, w, b, task_buffers, x_u, y_u, weight_u):
             features = functional_call(net.trunk, {**trunk_params, **task_buffers}, (x_u,))
@@ -83,14 +79,16 @@ class GEM(ReplayApproach):
             return (losses * weight_u).sum()
 
         head_dim = 0 if net.multi_head else None
-        trunk_g, w_g, b_g = vmap(grad(task_loss, argnums=(0, 1, 2)), in_dims=(None, head_dim, head_dim, 0, 0, 0, 0))(
+        # dropout draws its own mask for each task's pass, as separate passes would
+        trunk_g, w_g, b_g = vmap(grad(task_loss, argnums=(0, 1, 2)), in_dims=(None, head_dim, head_dim, 0, 0, 0, 0),
+                                 randomness="different")(
             trunk, head_w, head_b, buffers, x, mem.y[:t], weight)
         by_param = {id(p): trunk_g[k] for k, p in net.trunk.named_parameters()}
         if net.multi_head:  # row u holds head u's gradient; the other heads' rows are zero
             for u, h in enumerate(heads):
                 for p, g in ((h.weight, w_g), (h.bias, b_g)):
                     full = torch.zeros(t, *p.shape, device=x.device)
-                    full[u] = g[u]
+                    full[u] = g[u, :len(p)]
                     by_param[id(p)] = full
         else:
             by_param[id(heads[0].weight)], by_param[id(heads[0].bias)] = w_g, b_g
