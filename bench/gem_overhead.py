@@ -26,9 +26,10 @@ from bench.report import publish  # noqa: E402
 GOAL_S = 35.0
 
 
-def one_run(data_dir: str, run_dir: Path) -> dict:
+def one_run(data_dir: str, run_dir: Path, experiment: str = "gem_single_pmnist") -> dict:
+    """`python train.py experiment=<experiment>` in a fresh process: its wall-clock time split into parts."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=gem_single_pmnist",
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"experiment={experiment}",
                            f"hydra.run.dir={run_dir}"], cwd=ROOT, env={**os.environ, "CL_DATA_DIR": data_dir},
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -1,0 +1,93 @@
+"""The GEM and BCL protocols on real MNIST, over seeds: GEM's permuted and rotated MNIST (20 tasks × 1000 samples,
+batch 10, one epoch, MLP 784-100-100-10, shared head) with gem, single (sgd), ewc (GEM's estimator) and independent;
+BCL's permuted MNIST -cl part (tasks 4-20 of 20, 1000 samples each, MLP 784-128-128-128-10) with bcl_dual, er, agem
+and gem.
+
+    python bench/replay_results.py [--seeds 3] [--data-dir ../shared/data] [--out outputs/bench_replay]
+
+Settings: each approach's from GEM's `run_experiments.sh` (permutations / rotations) where GEM ran it; BCL-Dual's
+from BCL's `scripts/run.sh`. BCL gives no settings for its baselines: er, agem and gem run there with BCL-Dual's lr
+(0.03) and memory (256 per task), A-GEM with a reference batch of 256, GEM with its margin 0.5. `independent` is
+this project's (a full-size network and head per task); GEM's gives each task a network of hidden width 100/T.
+A complete run of the same config in --out is reused. Mean ± sample std over the seeds of results.json's metrics
+(BWT and FWT as the GEM paper: ÷(T−1); FWT against the random-initialization row) and `time_s.total`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.compare import mean_std, run  # noqa: E402
+from bench.report import publish  # noqa: E402
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+COMMON = ["logger=csv", "callbacks=default"]
+GEM_EWC = ["approach=ewc", "approach.fisher_estimator=gem_legacy", "approach.fisher_merge=none"]
+PROTOCOLS = {
+    "GEM permuted MNIST (20 tasks)": {
+        "gem": ["experiment=gem_pmnist"],
+        "single": ["experiment=gem_single_pmnist"],
+        # GEM's ewc on permutations: lr 0.1, n_memories 10, memory_strength 3 (λ = 2·3: no ½ in its penalty)
+        "ewc": ["experiment=gem_single_pmnist", *GEM_EWC, "approach.lr=0.1", "approach.fisher_samples=10",
+                "approach.lamb=6"],
+        "independent": ["experiment=gem_single_pmnist", "approach=independent", "model.head=multi",
+                        "approach.lr=0.03"],
+    },
+    "GEM rotated MNIST (20 tasks)": {
+        "gem": ["experiment=gem_rotmnist"],
+        "single": ["experiment=gem_single_rotmnist"],
+        # GEM's ewc on rotations: lr 0.01, n_memories 1000, memory_strength 1000
+        "ewc": ["experiment=gem_single_rotmnist", *GEM_EWC, "approach.lr=0.01", "approach.fisher_samples=1000",
+                "approach.lamb=2000"],
+        "independent": ["experiment=gem_single_rotmnist", "approach=independent", "model.head=multi",
+                        "approach.lr=0.1"],
+    },
+    "BCL permuted MNIST, -cl part (17 tasks)": {
+        "bcl_dual": ["experiment=bcl_dual_pmnist"],
+        **{name: ["experiment=gem_single_pmnist", f"approach={name}", "stream.n_val_tasks=3", "stream.part=cl",
+                  "model.trunk.hidden_sizes=[128,128,128]", "approach.lr=0.03", "approach.n_memories=256", *extra]
+           for name, extra in (("er", []), ("agem", []), ("gem", []))},
+    },
+}
+METRICS = (("acc", "ACC %"), ("bwt", "BWT pp"), ("fwt", "FWT pp"), ("forgetting", "forgetting pp"), ("la", "LA %"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_replay")
+    args = parser.parse_args()
+    if not (args.data_dir / "mnist").is_dir():
+        parser.error(f"no MNIST under {args.data_dir}/mnist: pass --data-dir <folder holding mnist/>")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    sections = []
+    for protocol, approaches in PROTOCOLS.items():
+        rows = ["| approach | " + " | ".join(label for _, label in METRICS) + " | wall s |",
+                "|---" * (len(METRICS) + 2) + "|"]
+        for name, overrides in approaches.items():
+            runs = []
+            for seed in range(args.seeds):
+                run_dir = args.out / protocol.split()[0].lower() / protocol.split()[1] / name / f"seed{seed}"
+                results = run([*overrides, *COMMON, f"seed={seed}"], run_dir, args.data_dir.resolve())
+                print(f"[replay] {protocol} {name} seed {seed}: ACC {100 * results['metrics']['acc']:.2f} %, "
+                      f"{results['time_s']['total']:.0f} s", flush=True)
+                runs.append(results)
+            cells = [mean_std([r["metrics"][key] for r in runs], 100) for key, _ in METRICS]
+            rows.append(f"| {name} | " + " | ".join(cells) +
+                        f" | {mean_std([r['time_s']['total'] for r in runs], digits=1)} |")
+        sections.append(f"**{protocol}**\n\n" + "\n".join(rows))
+    publish(parser, args, "replay_results", f"""## The GEM and BCL protocols on real MNIST
+
+Mean ± std over {args.seeds} seeds (seed 0-{args.seeds - 1}). The settings of each row are in
+`bench/replay_results.py`; wall = `time_s.total` (CPU, evaluation of every test set after every task included).
+
+""" + "\n\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
