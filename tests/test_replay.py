@@ -160,9 +160,10 @@ def test_bcl_single_with_beta_1_one_inner_step_and_no_distillation_is_er(tmp_pat
     assert other["acc_matrix"] != er["acc_matrix"]
 
 
-def test_test_time_adaptation_leaves_the_stored_model_unchanged(tmp_path):
-    plain = run_pipeline(["approach=bcl_single", *ONLINE], tmp_path / "plain")
-    adapted = run_pipeline(["approach=bcl_single", *ONLINE, "approach.adapt=true", "approach.adapt_lr=0.5"],
+@pytest.mark.parametrize("approach", ["bcl_single", "ftml"])
+def test_test_time_adaptation_leaves_the_stored_model_unchanged(approach, tmp_path):
+    plain = run_pipeline([f"approach={approach}", *ONLINE], tmp_path / "plain")
+    adapted = run_pipeline([f"approach={approach}", *ONLINE, "approach.adapt=true", "approach.adapt_lr=0.5"],
                            tmp_path / "adapt")
     # the same training (adaptation only changes evaluation): the checkpointed networks are identical
     ckpts = [torch.load(next((d / "checkpoints").glob("task_2.ckpt")), weights_only=False)["state_dict"]

@@ -5,6 +5,7 @@ from cl.approaches.bcl_single import BCLSingle
 from cl.approaches.blip import BLIP
 from cl.approaches.er import ER
 from cl.approaches.ewc import EWC
+from cl.approaches.ftml import FTML
 from cl.approaches.gem import GEM
 from cl.approaches.hat import HAT
 from cl.approaches.imm_mean import IMMMean
@@ -19,5 +20,5 @@ from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
 from cl.approaches.si import SI
 
-__all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "GEM", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
+__all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "FTML", "GEM", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
            "MASLocal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]

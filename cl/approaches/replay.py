@@ -11,6 +11,7 @@ Approaches whose memory the current task reads while it trains (BCL-Dual's evalu
 and override `remember`."""
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -20,6 +21,7 @@ from cl.approaches.base import ContinualApproach
 from cl.errors import ConfigError
 from cl.memory import POLICIES, EpisodicMemory
 from cl.models.network import TaskNetwork
+from data.tensor_loader import BatchSource
 
 
 class ReplayApproach(ContinualApproach):
@@ -124,3 +126,58 @@ class ReplayApproach(ContinualApproach):
     def approach_info(self) -> dict:
         return {"memory_samples": sum(self.memory.filled), "memory_policy": self.memory_policy}
 
+
+
+class MetaReplay(ReplayApproach):
+    """Replay with Reptile-style interpolation θ ← θ₀ + β(θ − θ₀) after each batch's inner steps (BCL, FTML), and
+    their test-time adaptation (`adapt`): each seen task is evaluated with a copy of the network after `inner_steps`
+    full-batch SGD steps at `adapt_lr` on that task's memory (in eval mode, as the code's copy of a network in
+    evaluation); the network itself is left as it is."""
+
+    def __init__(self, net: TaskNetwork, beta: float = 0.3, adapt: bool = False, adapt_lr: float = 0.1,
+                 interpolate_buffers: bool = False, **kwargs):
+        super().__init__(net, **kwargs)
+        self.beta, self.adapt, self.adapt_lr, self.interpolate_buffers = beta, adapt, adapt_lr, interpolate_buffers
+
+    # --- Reptile interpolation ------------------------------------------------------------------------------------------
+    def interpolated(self) -> list[torch.Tensor]:
+        tensors = [p for p in self.net.parameters()]
+        if self.interpolate_buffers:  # the code interpolates its whole state_dict, BatchNorm statistics included
+            tensors += [b for b in self.net.buffers() if b.is_floating_point()]
+        return tensors
+
+    def weights(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.interpolated()]
+
+    @torch.no_grad()
+    def interpolate(self, start: list[torch.Tensor]) -> None:
+        """θ ← θ₀ + β(θ − θ₀), as a lerp: β = 1 keeps θ exactly."""
+        now = [p.detach() for p in self.interpolated()]
+        torch._foreach_lerp_(start, now, self.beta)
+        torch._foreach_copy_(now, start)
+
+    # --- test-time adaptation --------------------------------------------------------------------------------------------
+    def adapted_copy(self, task: int) -> torch.nn.Module:
+        """A copy of the network after `inner_steps` full-batch SGD steps on `task`'s memory (in eval mode, as the
+        code's copy of a network in evaluation)."""
+        net = copy.deepcopy(self.net).eval()
+        x, y = self.memory.task(task)
+        opt = torch.optim.SGD(net.parameters(), lr=self.adapt_lr)
+        with torch.enable_grad():
+            for _ in range(self.inner_steps):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x, task), y).backward()
+                opt.step()
+        return net
+
+    def accuracy(self, source: BatchSource) -> float:
+        if not (self.adapt and source.task <= self.task_id and self.memory.filled[source.task]):
+            return super().accuracy(source)
+        own, self.net = self.net, self.adapted_copy(source.task)
+        try:
+            return super().accuracy(source)
+        finally:
+            self.net = own
+
+    def approach_info(self) -> dict:
+        return {**super().approach_info(), "adapt": self.adapt}
