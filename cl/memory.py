@@ -37,14 +37,18 @@ class Replay(NamedTuple):
 
 
 class EpisodicMemory(nn.Module):
-    def __init__(self, stream: Stream, per_task: int, policy: str = "ring", seed: int = 0):
+    def __init__(self, stream: Stream, per_task: int, policy: str = "ring", seed: int = 0,
+                 group_tasks: list[int] | None = None):
+        """One group of `per_task` slots per task; or, with `group_tasks`, one group per entry, holding samples of
+        that task (iCaRL keeps one group per class)."""
         super().__init__()
         self.per_task, self.policy, self.seed = per_task, policy, seed
-        self.n_tasks = len(stream)
+        group_tasks = list(range(len(stream))) if group_tasks is None else group_tasks
+        self.n_tasks = len(group_tasks)
         # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, disk-cached images): 4× smaller than floats
         self.as_uint8 = all(isinstance(t.train.x, MemmapImages) or t.train.x.dtype == torch.uint8
                             for t in stream.tasks)
-        self.transforms: list[InputTransform] = [t.transform for t in stream.tasks]
+        self.transforms: list[InputTransform] = [stream.tasks[task].transform for task in group_tasks]
         self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.same_normalization = len({(tuple(tf.mean), tuple(tf.std)) for tf in self.transforms}) == 1
         shape = (self.n_tasks, per_task, *stream.input_shape)
@@ -123,6 +127,16 @@ class EpisodicMemory(nn.Module):
             self.x[t].index_copy_(0, slots, stored[rows])
             self.y[t].index_copy_(0, slots, y[rows])
         self.filled[t] = min(M, start + len(y))
+
+    def store(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Replace what group t holds with these samples, in this order (iCaRL's herding order)."""
+        self.x[t, :len(y)] = self.encode(t, x)
+        self.y[t, :len(y)] = y
+        self.filled[t] = self.seen[t] = len(y)
+
+    def truncate(self, t: int, n: int) -> None:
+        """Keep group t's first n samples (iCaRL's exemplar reduction)."""
+        self.filled[t] = self.seen[t] = min(n, self.filled[t])
 
     # --- reading ------------------------------------------------------------------------------------------------
     def task(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -217,8 +217,11 @@ class TaskLoop:
         approach.lr = self.task_setting(t, "lr", self.base_lr)
         trainer = self.trainer = self.make_trainer(t)
         approach.batch_size = self.task_setting(t, "batch_size", approach.hparams.batch_size)
-        train = TaskBatches(approach.train_sources(self.data, t), approach.batch_size * approach.batches_per_step,
-                            shuffle=True, seed=task_seed(cfg.seed, t))
+        # a batch count cap (debug mode's limit_train_batches) counts mini-batches, also for approaches that take
+        # chunks of them per training_step
+        chunk = 1 if isinstance(cfg.trainer.get("limit_train_batches"), int) else approach.batches_per_step
+        train = TaskBatches(approach.train_sources(self.data, t), approach.batch_size * chunk, shuffle=True,
+                            seed=task_seed(cfg.seed, t))
         valid_sources = [s for s in approach.valid_sources(self.data, t) if len(s.y)]
         valid = TaskBatches(valid_sources, approach.hparams.eval_batch_size) if valid_sources else None
         ckpt_path = None

@@ -42,6 +42,12 @@ class BatchSource:
             end = start + batch_size
             yield self.transform(self.x[start:end]), self.y[start:end], self.task
 
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The model inputs of the samples at `idx` (read from the disk cache where the pixels live there)."""
+        if isinstance(self.x, MemmapImages):
+            return self.transform(self.x.read(idx).to(self.y.device))
+        return self.transform(self.x[idx])
+
     def head(self, n: int | None) -> "BatchSource":
         """The first `n` samples (all when `n` is None), e.g. to cap evaluation in debug runs."""
         if n is None or n >= len(self.y):

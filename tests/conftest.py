@@ -32,6 +32,10 @@ def config_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+# what an approach needs beyond the default config to run at all (the class-incremental iCaRL: one shared head)
+APPROACH_NEEDS = {"icarl": ["model.head=shared"]}
+
+
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config `python train.py <overrides>` would get, with its run dir at `run_dir`."""
     GlobalHydra.instance().clear()

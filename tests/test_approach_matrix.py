@@ -23,6 +23,7 @@ REFUSED = {
     ("hat", "shared"): "needs one head per task",
     ("independent", "shared"): "use model.head=multi",
     ("lwf", "shared"): "model.head=multi",
+    ("icarl", "multi"): "model.head=shared",
 }
 
 

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from pytorch_lightning import Callback
 
 from cl.errors import RunInterrupted
-from tests.conftest import ROOT, SHARED_DATA, compose_config, config_options, run_pipeline
+from tests.conftest import APPROACH_NEEDS, ROOT, SHARED_DATA, compose_config, config_options, run_pipeline
 
 # three tasks of digits5, three epochs each: a few seconds per run
 OVERRIDES = ["stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=3", "approach.batch_size=32", "seed=1"]
@@ -129,7 +129,7 @@ APPROACHES = config_options("approach")
 def test_every_approach_resumes_mid_task_exactly(approach, tmp_path, tmp_path_factory, with_callback):
     """Each approach's state (importances, anchors, running path integrals, masks, old models, bits) is in its
     checkpoints: two interrupts inside tasks, then the run ends as one nobody interrupted."""
-    overrides = [f"approach={approach}", *OVERRIDES]
+    overrides = [f"approach={approach}", *APPROACH_NEEDS.get(approach, []), *OVERRIDES]
     if "chunk_batches" in compose_config(overrides, tmp_path).approach:  # online: 2 batches per training_step
         overrides.append("approach.chunk_batches=2")
     reference = uninterrupted(overrides, tmp_path_factory)

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 
 from cl.metrics import all_metrics
-from tests.conftest import compose_config, config_options, run_pipeline
+from tests.conftest import APPROACH_NEEDS, compose_config, config_options, run_pipeline
 
 RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "random_init_acc", "metrics",
                "time_s", "memory", "approach_info", "config"}
@@ -52,7 +52,7 @@ def test_training_learns_each_task(tmp_path):
 
 @pytest.mark.parametrize("approach", APPROACHES)
 def test_every_approach_runs_in_debug_mode(approach, tmp_path):
-    results = run_pipeline([f"approach={approach}", "debug=default"], tmp_path)
+    results = run_pipeline([f"approach={approach}", *APPROACH_NEEDS.get(approach, []), "debug=default"], tmp_path)
     assert results["complete"]
 
 

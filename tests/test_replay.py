@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cl.approaches import BCLDual, GEM
 from cl.approaches.agem import project_on_reference
 from cl.approaches.gem import EPS, gem_dual, project_to_cone
+from cl.approaches.icarl import herding
 from cl.errors import ConfigError, first_cl_error
 from cl.memory import EpisodicMemory
 from cl.models import MLP, TaskNetwork
@@ -193,4 +194,36 @@ def test_ddp_is_refused_before_training(tmp_path):
                       tmp_path)
     error = first_cl_error(err.value)
     assert isinstance(error, ConfigError) and "runs on one device" in str(error) and "\n" not in str(error)
+    assert not (tmp_path / "results.json").exists()
+
+
+# --- iCaRL -----------------------------------------------------------------------------------------------------------
+def test_herding_picks_greedily_what_brings_the_mean_of_the_picked_closest_to_the_class_mean():
+    features = F.normalize(torch.randn(30, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    order = herding(features, 8).tolist()
+    target, picked = features.mean(0), []
+    for k in range(1, 9):  # brute force: try every remaining row
+        best = min((i for i in range(30) if i not in picked),
+                   key=lambda i: float((target - features[picked + [i]].mean(0)).norm()))
+        picked.append(best)
+    assert order == picked and len(set(order)) == 8
+
+
+def test_icarl_keeps_its_exemplar_budget_and_predicts_by_nearest_mean(tmp_path):
+    results = run_pipeline(["approach=icarl", "model.head=shared", *ONLINE, "approach.n_memories=30"], tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "task_2.ckpt", weights_only=False)["state_dict"]
+    filled = ckpt["memory._extra_state"]["filled"]
+    assert filled[:6] == [5] * 6 and sum(filled) <= 30  # 30 exemplars over the 6 classes seen: 5 each
+    assert results["approach_info"]["classes_with_exemplars"] == 6
+    assert torch.allclose(ckpt["class_means"][:6].norm(dim=1), torch.ones(6))
+    assert results["acc_matrix"][-1][0] > 0.5  # class-incremental: task 1 still recognized among 6 classes
+
+
+@pytest.mark.parametrize("overrides", [["model.head=multi"], ["model.head=shared", "stream=pmnist",
+                                                                   f"paths.data_dir={SHARED_DATA}"]])
+def test_icarl_refuses_a_stream_that_is_not_class_incremental(overrides, tmp_path):
+    with pytest.raises(Exception) as err:
+        run_pipeline(["approach=icarl", *overrides, "debug=default"], tmp_path)
+    error = first_cl_error(err.value)
+    assert isinstance(error, ConfigError) and "class-incremental" in str(error) and "\n" not in str(error)
     assert not (tmp_path / "results.json").exists()

@@ -8,6 +8,7 @@ from cl.approaches.ewc import EWC
 from cl.approaches.ftml import FTML
 from cl.approaches.gem import GEM
 from cl.approaches.hat import HAT
+from cl.approaches.icarl import ICaRL
 from cl.approaches.imm_mean import IMMMean
 from cl.approaches.imm_mode import IMMMode
 from cl.approaches.independent import Independent
@@ -20,5 +21,5 @@ from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
 from cl.approaches.si import SI
 
-__all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "FTML", "GEM", "HAT", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
+__all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "FTML", "GEM", "HAT", "ICaRL", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
            "MASLocal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]
