@@ -1,5 +1,6 @@
 """The GEM and BCL protocols on real MNIST, over seeds: GEM's permuted and rotated MNIST (20 tasks × 1000 samples,
-batch 10, one epoch, MLP 784-100-100-10, shared head) with gem, single (sgd), ewc (GEM's estimator) and independent;
+batch 10, one epoch, MLP 784-100-100-10, shared head) with gem, single (sgd), ewc (GEM's estimator), independent and
+multimodal;
 BCL's permuted MNIST -cl part (tasks 4-20 of 20, 1000 samples each, MLP 784-128-128-128-10) with bcl_dual, er, agem
 and gem.
 
@@ -7,9 +8,8 @@ and gem.
 
 Settings: each approach's from GEM's `run_experiments.sh` (permutations / rotations) where GEM ran it; BCL-Dual's
 from BCL's `scripts/run.sh`. BCL gives no settings for its baselines: er, agem and gem run there with BCL-Dual's lr
-(0.03) and memory (256 per task), A-GEM with a reference batch of 256, GEM with its margin 0.5. `independent` is
-this project's (a full-size network and head per task); GEM's gives each task a network of hidden width 100/T.
-A complete run of the same config in --out is reused. Mean ± sample std over the seeds of results.json's metrics
+(0.03) and memory (256 per task), A-GEM with a reference batch of 256, GEM with its margin 0.5. `independent` is GEM's
+sizing (hidden width 100/20 per task, no fine-tuning from the previous task). A complete run of the same config in --out is reused. Mean ± sample std over the seeds of results.json's metrics
 (BWT and FWT as the GEM paper: ÷(T−1); FWT against the random-initialization row) and `time_s.total`."""
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from bench.report import publish  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 COMMON = ["logger=csv", "callbacks=default"]
+# a network of hidden width 100/20 = 5 per task, each with its own 10-way head
+GEM_INDEPENDENT = ["approach=independent", "approach.width_divisor=20", "model.head=multi"]
 GEM_EWC = ["approach=ewc", "approach.fisher_estimator=gem_legacy", "approach.fisher_merge=none"]
 PROTOCOLS = {
     "GEM permuted MNIST (20 tasks)": {
@@ -34,8 +36,8 @@ PROTOCOLS = {
         # GEM's ewc on permutations: lr 0.1, n_memories 10, memory_strength 3 (λ = 2·3: no ½ in its penalty)
         "ewc": ["experiment=gem_single_pmnist", *GEM_EWC, "approach.lr=0.1", "approach.fisher_samples=10",
                 "approach.lamb=6"],
-        "independent": ["experiment=gem_single_pmnist", "approach=independent", "model.head=multi",
-                        "approach.lr=0.03"],
+        "independent": ["experiment=gem_single_pmnist", *GEM_INDEPENDENT, "approach.lr=0.03"],
+        "multimodal": ["experiment=gem_single_pmnist", "approach=multimodal", "approach.lr=0.1"],
     },
     "GEM rotated MNIST (20 tasks)": {
         "gem": ["experiment=gem_rotmnist"],
@@ -43,8 +45,8 @@ PROTOCOLS = {
         # GEM's ewc on rotations: lr 0.01, n_memories 1000, memory_strength 1000
         "ewc": ["experiment=gem_single_rotmnist", *GEM_EWC, "approach.lr=0.01", "approach.fisher_samples=1000",
                 "approach.lamb=2000"],
-        "independent": ["experiment=gem_single_rotmnist", "approach=independent", "model.head=multi",
-                        "approach.lr=0.1"],
+        "independent": ["experiment=gem_single_rotmnist", *GEM_INDEPENDENT, "approach.lr=0.1"],
+        "multimodal": ["experiment=gem_single_rotmnist", "approach=multimodal", "approach.lr=0.1"],
     },
     "BCL permuted MNIST, -cl part (17 tasks)": {
         "bcl_dual": ["experiment=bcl_dual_pmnist"],

@@ -296,6 +296,9 @@ RULES: dict[str, Rule] = {
     "approach.n_val": Float(gt=0, lt=1),
     "approach.n_meta": Int(ge=1),
     "approach.accumulate_inner_grads": Bool(),
+    # --- approach=independent --------------------------------------------------------------------------------------
+    "approach.width_divisor": Int(ge=1, optional=True),
+    "approach.finetune": Bool(),
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)

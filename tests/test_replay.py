@@ -227,3 +227,27 @@ def test_icarl_refuses_a_stream_that_is_not_class_incremental(overrides, tmp_pat
     error = first_cl_error(err.value)
     assert isinstance(error, ConfigError) and "class-incremental" in str(error) and "\n" not in str(error)
     assert not (tmp_path / "results.json").exists()
+
+
+# --- GEM's independent ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("finetune", [True, False])
+def test_independent_with_gem_sizing_trains_narrow_networks_and_finetune_starts_from_the_previous(finetune, tmp_path):
+    run_pipeline(["approach=independent", "approach.width_divisor=4", f"approach.finetune={finetune}",
+                  "model.trunk.hidden_sizes=[32,32]", "stream.tasks=[[0,1],[2,3]]", "trainer.max_epochs=1",
+                  "approach.lr=1e-5"], tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "task_1.ckpt", weights_only=False)["state_dict"]
+    assert state["trunks.0.1.weight"].shape == (8, 64) and state["heads.0.weight"].shape == (2, 8)
+    # at this lr, task 2's network barely moves from where it started: task 1's network only with finetune
+    same_start = torch.allclose(state["trunks.1.1.weight"], state["trunks.0.1.weight"], atol=1e-3)
+    assert same_start == finetune
+
+
+def test_multimodal_gives_each_task_its_own_input_layer_and_shares_the_rest(tmp_path):
+    results = run_pipeline(["approach=multimodal", "stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=3",
+                            "model.trunk.hidden_sizes=[400,100]", "approach.lr=0.05"], tmp_path)
+    first = torch.load(tmp_path / "checkpoints" / "task_0.ckpt", weights_only=False)["state_dict"]
+    last = torch.load(tmp_path / "checkpoints" / "task_2.ckpt", weights_only=False)["state_dict"]
+    assert torch.equal(first["net.trunk.1.weight"], last["net.trunk.1.weight"])  # task 1's input layer: untouched
+    assert not torch.equal(first["net.trunk.3.weight"], last["net.trunk.3.weight"])  # the shared layer trained on
+    assert not torch.equal(first["extra_input_layers.1.weight"], last["extra_input_layers.1.weight"])
+    assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.9  # each task learned through its own layer

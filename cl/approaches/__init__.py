@@ -16,10 +16,11 @@ from cl.approaches.joint import Joint
 from cl.approaches.lwf import LwF
 from cl.approaches.mas import MAS
 from cl.approaches.mas_local import MASLocal
+from cl.approaches.multimodal import Multimodal
 from cl.approaches.online_ewc import OnlineEWC
 from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
 from cl.approaches.si import SI
 
 __all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "FTML", "GEM", "HAT", "ICaRL", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
-           "MASLocal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]
+           "MASLocal", "Multimodal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]
