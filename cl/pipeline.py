@@ -118,6 +118,13 @@ class TaskLoop:
         if first_trainer.world_size > 1 and not self.approach.supports_ddp:
             raise ConfigError(f"approach={self.approach.name} runs on one device (it takes several optimizer steps per "
                               f"training_step, which DDP cannot sync); use trainer=cpu or trainer=gpu")
+        if not self.approach.automatic_optimization:  # it steps its optimizer itself, past Lightning's plugins
+            if cfg.trainer.get("gradient_clip_val"):
+                raise ConfigError(f"approach={self.approach.name} steps its optimizer itself, which Lightning's "
+                                  f"trainer.gradient_clip_val cannot clip; set trainer.gradient_clip_val=null")
+            if str(cfg.trainer.get("precision", "32")).startswith("16"):
+                raise ConfigError(f"approach={self.approach.name} steps its optimizer itself, without the gradient "
+                                  f"scaler float16 training needs; use trainer.precision=32 or bf16-mixed")
         device = first_trainer.strategy.root_device
         self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
         self.names = [t.name for t in self.stream.tasks]

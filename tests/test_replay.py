@@ -179,6 +179,8 @@ def test_test_time_adaptation_leaves_the_stored_model_unchanged(approach, tmp_pa
     (["approach=er", "approach.n_memories=0"], "approach.n_memories=0"),
     (["approach=bcl_dual", "approach.n_val=1.0"], "approach.n_val=1.0"),
     (["approach=bcl_dual", "approach.n_memories=3", "approach.n_val=0.2"], "both need at least 1"),
+    (["approach=gem", "trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=null"),
+    (["approach=er", "+trainer.precision=16-mixed"], "trainer.precision=32"),
 ])
 def test_impossible_memory_settings_stop_before_training(overrides, says, tmp_path):
     with pytest.raises(Exception) as err:
