@@ -183,14 +183,15 @@ def write_cub(root: Path, n_classes: int = 200, train_per_class: int = 2, test_p
 
 # --- GEM / BCL benchmark file -------------------------------------------------------------------------------
 def write_gem_file(path: Path, n_tasks: int = 3, classes_per_task: int = 2, train_per_class: int = 4,
-                   test_per_class: int = 2, row: int = 3072) -> Path:
-    """[tasks_tr, tasks_te] with X float [N, row] in [0, 1] (multiples of 1/255) and Y int64 global labels."""
+                   test_per_class: int = 2, row: int | tuple[int, ...] = 3072) -> Path:
+    """[tasks_tr, tasks_te] with X float [N, row] in [0, 1] (multiples of 1/255) and Y int64 global labels; a tuple
+    `row` gives image tensors of that shape (BCL's miniImageNet/CUB files: [N, 3, 84, 84] / [N, 3, 224, 224])."""
     tasks = {"train": [], "test": []}
     for t in range(n_tasks):
         classes = list(range(t * classes_per_task, (t + 1) * classes_per_task))
         for split, per_class in (("train", train_per_class), ("test", test_per_class)):
             y = torch.tensor(classes).repeat_interleave(per_class)
-            x = torch.from_numpy(_images(len(y), (row,), 40 + t)).float() / 255
+            x = torch.from_numpy(_images(len(y), row if isinstance(row, tuple) else (row,), 40 + t)).float() / 255
             tasks[split].append([(classes[0], classes[-1] + 1), x, y])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +234,7 @@ def write_all(root: Path, mnist_source: Path | None = None) -> dict[str, tuple]:
     write_tinyimagenet(root)
     write_cub(root)
     write_gem_file(root / "gem" / "cifar_tiny.pt")
+    write_gem_file(root / "mini-cl.pt", classes_per_task=5, train_per_class=2, test_per_class=1, row=(3, 84, 84))
     if mnist_source is not None and (mnist_source / "mnist").is_dir():
         (root / "mnist").symlink_to((mnist_source / "mnist").resolve())
         return {}
