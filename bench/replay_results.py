@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare import mean_std, run  # noqa: E402
 from bench.report import publish  # noqa: E402
+from cl.errors import TrainingError  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 COMMON = ["logger=csv", "callbacks=default"]
@@ -72,13 +73,20 @@ def main():
         rows = ["| approach | " + " | ".join(label for _, label in METRICS) + " | wall s |",
                 "|---" * (len(METRICS) + 2) + "|"]
         for name, overrides in approaches.items():
-            runs = []
+            runs, stopped = [], None
             for seed in range(args.seeds):
                 run_dir = args.out / protocol.split()[0].lower() / protocol.split()[1] / name / f"seed{seed}"
-                results = run([*overrides, *COMMON, f"seed={seed}"], run_dir, args.data_dir.resolve())
+                try:
+                    results = run([*overrides, *COMMON, f"seed={seed}"], run_dir, args.data_dir.resolve())
+                except TrainingError as error:  # e.g. the loss diverged at these settings
+                    stopped = f"seed {seed} stopped: {str(error).split(';')[0]}"
+                    break
                 print(f"[replay] {protocol} {name} seed {seed}: ACC {100 * results['metrics']['acc']:.2f} %, "
                       f"{results['time_s']['total']:.0f} s", flush=True)
                 runs.append(results)
+            if stopped:
+                rows.append(f"| {name} | {stopped} |" + " |" * len(METRICS))
+                continue
             cells = [mean_std([r["metrics"][key] for r in runs], 100) for key, _ in METRICS]
             rows.append(f"| {name} | " + " | ".join(cells) +
                         f" | {mean_std([r['time_s']['total'] for r in runs], digits=1)} |")

@@ -1,14 +1,15 @@
 """Online learning with an episodic memory (the GEM/BCL protocol: batch 10, one epoch, several optimizer steps per
-incoming batch): the base of ER, A-GEM, GEM and BCL.
+incoming batch): the base of ER, A-GEM, GEM, iCaRL, BCL and FTML.
 
 Each approach writes `observe(x, y, t)`: what happens to one incoming mini-batch, optimizer steps included (manual
 optimization). At batch 10 a framework's per-step cost is as large as the step itself, so the loop hands each
 `training_step` a chunk of `chunk_batches` consecutive mini-batches (the same samples in the same order as one
 batch at a time) and `observe` runs on each slice of it: Lightning's per-batch hooks run once per chunk.
-Mid-task checkpoints fall on chunk boundaries.
+Mid-task checkpoints fall on chunk boundaries. (A batch cap such as debug mode's limit_train_batches makes the loop
+hand over single mini-batches, so that it caps mini-batches.)
 
-Approaches whose memory the current task reads while it trains (BCL-Dual's evaluation memory) write it in `observe`
-and override `remember`."""
+Approaches whose memory the current task reads while it trains (BCL-Dual's evaluation memory, FTML) write it in
+`observe`, and iCaRL chooses its exemplars at the task's end: they override `remember`."""
 from __future__ import annotations
 
 import copy
@@ -125,7 +126,6 @@ class ReplayApproach(ContinualApproach):
 
     def approach_info(self) -> dict:
         return {"memory_samples": sum(self.memory.filled), "memory_policy": self.memory_policy}
-
 
 
 class MetaReplay(ReplayApproach):
