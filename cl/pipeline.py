@@ -114,10 +114,6 @@ class TaskLoop:
         self.mid_task = MidTaskCheckpoints(run_dir, self.stops, cfg.get("checkpoint_every_n_steps"), self.loggers)
         self.mid_task.timer = self.timer
         self.base_lr = self.approach.lr
-        first_trainer = self.make_trainer(0)
-        if first_trainer.world_size > 1 and not self.approach.supports_ddp:
-            raise ConfigError(f"approach={self.approach.name} runs on one device (it takes several optimizer steps per "
-                              f"training_step, which DDP cannot sync); use trainer=cpu or trainer=gpu")
         if not self.approach.automatic_optimization:  # it steps its optimizer itself, past Lightning's plugins
             if cfg.trainer.get("gradient_clip_val"):
                 raise ConfigError(f"approach={self.approach.name} steps its optimizer itself, which Lightning's "
@@ -125,7 +121,7 @@ class TaskLoop:
             if str(cfg.trainer.get("precision", "32")).startswith("16"):
                 raise ConfigError(f"approach={self.approach.name} steps its optimizer itself, without the gradient "
                                   f"scaler float16 training needs; use trainer.precision=32 or bf16-mixed")
-        device = first_trainer.strategy.root_device
+        device = self.make_trainer(0).strategy.root_device
         self.data = DeviceStream(self.stream, device, shared_head=not self.approach.net.multi_head)
         self.names = [t.name for t in self.stream.tasks]
         # held for the whole run: the device copies of the test sets are made once, not at every evaluation

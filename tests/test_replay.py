@@ -3,6 +3,7 @@ checked so that a broken implementation fails."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -190,13 +191,20 @@ def test_impossible_memory_settings_stop_before_training(overrides, says, tmp_pa
     assert not (tmp_path / "results.json").exists()
 
 
-def test_ddp_is_refused_before_training(tmp_path):
-    with pytest.raises(Exception) as err:
-        run_pipeline(["approach=er", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=default"],
-                      tmp_path)
-    error = first_cl_error(err.value)
-    assert isinstance(error, ConfigError) and "runs on one device" in str(error) and "\n" not in str(error)
-    assert not (tmp_path / "results.json").exists()
+@pytest.mark.slow
+@pytest.mark.parametrize("approach", ["er", "bcl_dual"])
+def test_two_process_cpu_ddp_run(approach, tmp_path):
+    """trainer=ddp on CPU (gloo): the ranks share the batches and average their gradients; every task end checks that
+    the memories are the same on both ranks (a run whose memories differ stops with a TrainingError)."""
+    from tests.conftest import run_cli
+
+    proc = run_cli([f"approach={approach}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                    "stream.tasks=[[0,1],[2,3],[4,5]]", "trainer.max_epochs=1", "approach.n_memories=20",
+                    f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] and results["metrics"]["la"] > 0.8
+    assert results["approach_info"]["memory_samples"] > 0
 
 
 # --- iCaRL -----------------------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_sum", "_n_batches"})
 
 
 class ContinualApproach(pl.LightningModule):
-    supports_ddp = True
     batches_per_step = 1  # mini-batches the loop hands each training_step (online approaches take chunks)
 
     def __setattr__(self, name, value):

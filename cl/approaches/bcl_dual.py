@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.bcl_single import BCLSingle
+from cl.distributed import gather_from_ranks, rank, world_size
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 
@@ -45,11 +46,11 @@ class BCLDual(BCLSingle):
         self.eval_memory = self.make_memory(stream, self.val_slots)
 
     def observe(self, x, y, t):
-        evicted = self.eval_memory.add(t, x[:1], y[:1])
+        evicted = self.eval_memory.add(t, *gather_from_ranks(x[:1], y[:1]))  # every rank's first sample
         x, y = x[1:], y[1:]
-        if evicted is not None:
-            x, y = torch.cat([x, evicted[0]]), torch.cat([y, evicted[1]])
-        self.memory.add(t, x, y)
+        if evicted is not None:  # what this rank's sample pushed out joins its training batch
+            x, y = torch.cat([x, evicted[0][rank()::world_size()]]), torch.cat([y, evicted[1][rank()::world_size()]])
+        self.memory.add(t, *gather_from_ranks(x, y))
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(self.n_meta):
             start = self.weights()

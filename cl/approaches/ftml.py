@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.replay import MetaReplay
+from cl.distributed import gather_from_ranks
 from cl.models.network import TaskNetwork
 
 
@@ -19,7 +20,7 @@ class FTML(MetaReplay):
         self.n_meta = n_meta
 
     def observe(self, x, y, t):
-        self.memory.add(t, x, y)
+        self.memory.add(t, *gather_from_ranks(x, y))
         start = self.weights()
         for _ in range(self.inner_steps):
             loss = F.cross_entropy(self(x, t), y)

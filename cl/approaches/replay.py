@@ -5,7 +5,9 @@ Each approach writes `observe(x, y, t)`: what happens to one incoming mini-batch
 optimization). At batch 10 a framework's per-step cost is as large as the step itself, so the loop hands each
 `training_step` a chunk of `chunk_batches` consecutive mini-batches (the same samples in the same order as one
 batch at a time) and `observe` runs on each slice of it: Lightning's per-batch hooks run once per chunk.
-Mid-task checkpoints fall on chunk boundaries. (A batch cap such as debug mode's limit_train_batches makes the loop
+Mid-task checkpoints fall on chunk boundaries. Under DDP each rank takes its share of the batches, gradients are
+averaged across ranks at every step, and every memory receives the samples of all ranks (gathered), so it is the same
+on every rank, as are the replay draws (the same seeded generator everywhere). (A batch cap such as debug mode's limit_train_batches makes the loop
 hand over single mini-batches, so that it caps mini-batches.)
 
 Approaches whose memory the current task reads while it trains (BCL-Dual's evaluation memory, FTML) write it in
@@ -19,15 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.base import ContinualApproach
-from cl.errors import ConfigError
+from cl.distributed import average_gradients, gather_from_ranks, same_on_every_rank, world_size
+from cl.errors import ConfigError, TrainingError
 from cl.memory import POLICIES, EpisodicMemory
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
 
 
 class ReplayApproach(ContinualApproach):
-    supports_ddp = False  # several optimizer steps per training_step: not expressible under DDP's one-backward rule
-
     def __init__(self, net: TaskNetwork, n_memories: int = 256, memory_policy: str = "ring",
                  replay_batch_size: int = 10, inner_steps: int = 1, chunk_batches: int = 50, seed: int = 0,
                  **optimizer):
@@ -68,7 +69,7 @@ class ReplayApproach(ContinualApproach):
         """Offer a chunk's samples to the memory, after its steps. Nothing reads the current task's memory while
         the task trains (replay and constraints come from earlier tasks), and a ring or reservoir fed the chunk
         at once ends as if fed batch by batch: one write per chunk instead of one per batch."""
-        self.memory.add(t, x, y)
+        self.memory.add(t, *gather_from_ranks(x, y))
 
     def on_train_start(self):
         super().on_train_start()
@@ -83,12 +84,21 @@ class ReplayApproach(ContinualApproach):
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world_size() > 1:  # DDP's own hooks do not run inside training_step
+            average_gradients(self.trained())
         if adjust is not None:
             adjust()
         self.step_progress.increment_ready()
         self.optimizer.step()
         self.step_progress.increment_completed()
         self.on_after_optimizer_step()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if world_size() > 1:  # every rank fed its memory the same gathered samples: check that it holds
+            checksum = sum(float(b.double().sum()) for b in self.buffers()) + sum(self.memory.filled)
+            if not same_on_every_rank(torch.tensor(checksum)):
+                raise TrainingError(f"the episodic memories differ across ranks after task {self.task_id + 1}")
 
     # --- replay -----------------------------------------------------------------------------------------------------
     def replay_batch(self, t: int, n: int | None = None):
