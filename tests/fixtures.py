@@ -221,6 +221,44 @@ def write_torchvision_alexnet(path: Path, fc_sizes: tuple[int, int] = (4096, 409
     return path
 
 
+# --- ImageNet ResNet-18 weights: a state dict in torchvision's key layout ----------------------------------------
+def torchvision_resnet18_shapes() -> dict[str, tuple[int, ...]]:
+    """The state-dict names and shapes of `torchvision.models.resnet18()` (BatchNorm buffers included)."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def bn(prefix: str, n: int):
+        shapes.update({f"{prefix}.weight": (n,), f"{prefix}.bias": (n,), f"{prefix}.running_mean": (n,),
+                       f"{prefix}.running_var": (n,), f"{prefix}.num_batches_tracked": ()})
+
+    bn("bn1", 64)
+    widths = (64, 64, 128, 256, 512)
+    for layer in range(1, 5):
+        c_in, c_out = widths[layer - 1], widths[layer]
+        for block in range(2):
+            prefix = f"layer{layer}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (c_out, c_in if block == 0 else c_out, 3, 3)
+            bn(f"{prefix}.bn1", c_out)
+            shapes[f"{prefix}.conv2.weight"] = (c_out, c_out, 3, 3)
+            bn(f"{prefix}.bn2", c_out)
+            if block == 0 and layer > 1:
+                shapes[f"{prefix}.downsample.0.weight"] = (c_out, c_in, 1, 1)
+                bn(f"{prefix}.downsample.1", c_out)
+    shapes.update({"fc.weight": (1000, 512), "fc.bias": (1000,)})
+    return shapes
+
+
+def write_torchvision_resnet18(path: Path) -> Path:
+    """Random tensors under torchvision's ResNet-18 names and shapes, saved as its pretrained file is."""
+    g = torch.Generator().manual_seed(RNG_SEED)
+    state = {name: (torch.tensor(0) if name.endswith("num_batches_tracked") else
+                    0.01 * torch.randn(shape, generator=g) + (1.0 if name.endswith("running_var") else 0.0))
+             for name, shape in torchvision_resnet18_shapes().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
 def write_all(root: Path, mnist_source: Path | None = None) -> dict[str, tuple]:
     """Every fixture under `root`; returns the tiny MNIST checksum table (or {} when MNIST is linked from
     `mnist_source`, a folder holding the real files)."""
@@ -235,6 +273,8 @@ def write_all(root: Path, mnist_source: Path | None = None) -> dict[str, tuple]:
     write_cub(root)
     write_gem_file(root / "gem" / "cifar_tiny.pt")
     write_gem_file(root / "mini-cl.pt", classes_per_task=5, train_per_class=2, test_per_class=1, row=(3, 84, 84))
+    # BCL's CUB file holds 224×224 images; 64×64 keeps the fixture light (the recipe resizes nothing)
+    write_gem_file(root / "cub-cl.pt", classes_per_task=5, train_per_class=2, test_per_class=1, row=(3, 64, 64))
     if mnist_source is not None and (mnist_source / "mnist").is_dir():
         (root / "mnist").symlink_to((mnist_source / "mnist").resolve())
         return {}

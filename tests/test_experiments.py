@@ -3,7 +3,7 @@ the first two tasks; MNIST streams on the real files)."""
 import pytest
 
 from tests.conftest import compose_config, config_options, run_pipeline
-from tests.fixtures import write_torchvision_alexnet
+from tests.fixtures import write_torchvision_alexnet, write_torchvision_resnet18
 
 EXPERIMENTS = config_options("experiment")
 MNIST_STREAMS = ("mnist5", "pmnist", "rotmnist")
@@ -17,6 +17,8 @@ EXTRA = {
     # ImageNet weights written in torchvision's layout at narrow classifier widths; a small resize keeps it quick
     "mas_tinyimagenet4": ["model.trunk.pretrained={alexnet}", "model.trunk.fc_sizes=[32,32]",
                           "model.trunk.input_size=72"],
+    # torchvision-layout ResNet-18 weights (random), written for the test
+    "bcl_dual_cub": ["model.trunk.pretrained={resnet18}"],
 }
 
 
@@ -37,5 +39,7 @@ def test_experiment_runs_in_debug_mode(experiment, request, tmp_path):
     if any("{alexnet}" in o for o in extra):
         weights = write_torchvision_alexnet(tmp_path / "alexnet.pth", (32, 32))
         extra = [o.format(alexnet=weights) for o in extra]
+    if any("{resnet18}" in o for o in extra):
+        extra = [o.format(resnet18=write_torchvision_resnet18(tmp_path / "resnet18.pth")) for o in extra]
     results = run_pipeline([*overrides, *extra], tmp_path)
     assert results["complete"] and (tmp_path / "results.json").exists()

@@ -12,15 +12,13 @@ keep their (pretrained) weights, and every approach leaves them out of what it t
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl.errors import ConfigError
+from cl.models.imagenet import load_torchvision_state, resize_batch
 
 IGNORED_PREFIX = "classifier.6."  # torchvision's ImageNet classifier: replaced by the task heads
 POOLED_SIDE = 6
@@ -36,10 +34,6 @@ def _conv_side(side: int) -> int:
         if side < 1:
             return 0
     return side
-
-
-def _few(names: Sequence[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class AlexNetImageNet(nn.Module):
@@ -73,7 +67,7 @@ class AlexNetImageNet(nn.Module):
         self.out_dim = fc2
         self._frozen = self._frozen_outside(trainable_layers)
         if pretrained is not None:
-            load_torchvision_state(self, pretrained)
+            load_torchvision_state(self, pretrained, "AlexNet", IGNORED_PREFIX, "alexnet-owt-7be5be79.pth")
 
     def _frozen_outside(self, trainable_layers: Sequence[str] | None) -> list[nn.Parameter]:
         if trainable_layers is None:
@@ -92,33 +86,5 @@ class AlexNetImageNet(nn.Module):
         return self._frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            # bilinear and linear: resizing the normalized batch equals normalizing the resized images
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        x = resize_batch(x, self.input_size)
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def load_torchvision_state(trunk: nn.Module, path: str) -> None:
-    """Load a state dict in torchvision's AlexNet key layout (`classifier.6.*` ignored) into `trunk`; a missing file,
-    or keys and shapes that do not match, stop with one line naming a few of the keys that differ."""
-    where = f"model.trunk.pretrained={path}"
-    if not Path(path).is_file():
-        raise ConfigError(f"{where} not found; give the path of torchvision's AlexNet state dict "
-                          f"(e.g. alexnet-owt-7be5be79.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable or non-tensor pickle
-        raise ConfigError(f"{where} cannot be read as a state dict ({type(e).__name__}: {e})") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{where} is not a state dict (a mapping of parameter names to tensors)")
-    state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIX)}
-    expected = trunk.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong = [f"{k} {list(state[k].shape)} (model {list(expected[k].shape)})"
-             for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
-    problems = [f"{label} {_few(keys)}" for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-    if problems:
-        raise ConfigError(f"{where} does not match torchvision's AlexNet layout: {'; '.join(problems)}")
-    trunk.load_state_dict(state)
