@@ -57,6 +57,24 @@ def _type_name(hint) -> str:
     return str(hint).replace("typing.", "")
 
 
+def _options(target) -> tuple[list[str], bool, dict]:
+    """The keyword options `target` takes, whether it also takes any others (**kwargs), and their type hints. A class
+    whose __init__ passes **kwargs up the hierarchy (e.g. an approach to its base's optimizer options) takes the
+    options of every __init__ up to the first without **kwargs."""
+    chain = [target]
+    if inspect.isclass(target):
+        chain = [c for c in inspect.getmro(target) if "__init__" in vars(c)]
+    parameters, hints = [], {}
+    for item in chain:
+        sig = inspect.signature(item.__init__ if inspect.isclass(item) else item)
+        parameters += [k for k, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                       and k not in parameters]
+        hints = {**_type_hints(item), **hints}
+        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            return parameters, False, hints
+    return parameters, True, hints
+
+
 def check_node(node: DictConfig, path: str, applied: tuple[str, ...] = ()):
     """Recursively check every `_target_` node: unknown options and wrongly typed values (`applied`: options of
     this node that are not passed to its target)."""
@@ -66,14 +84,12 @@ def check_node(node: DictConfig, path: str, applied: tuple[str, ...] = ()):
         except Exception as e:
             raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({e})") from None
         if callable(target):
-            sig = inspect.signature(target)
-            has_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-            hints = _type_hints(target)
+            parameters, has_kwargs, hints = _options(target)
             for key in node:
                 if key.startswith("_") or key in applied:
                     continue
-                if key not in sig.parameters and not has_kwargs:
-                    known = ", ".join(k for k in sig.parameters if k not in ("self", "net", "input_shape"))
+                if key not in parameters and not has_kwargs:
+                    known = ", ".join(k for k in parameters if k not in ("self", "net", "input_shape"))
                     raise ConfigError(f"{path} has no option {key!r}; its options are: {known}")
                 value = OmegaConf.select(node, key)
                 if key in hints and not isinstance(value, DictConfig) and _accepts(hints[key], value) is False:

@@ -182,6 +182,9 @@ def test_test_time_adaptation_leaves_the_stored_model_unchanged(approach, tmp_pa
     (["approach=bcl_dual", "approach.n_memories=3", "approach.n_val=0.2"], "both need at least 1"),
     (["approach=gem", "trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=null"),
     (["approach=er", "+trainer.precision=16-mixed"], "trainer.precision=32"),
+    # an option of another approach, through the base classes' **kwargs: named in one line with the valid ones
+    (["approach=er", "+approach.memory_strength=1"], "approach has no option 'memory_strength'; its options are: "
+                                                     "n_memories"),
 ])
 def test_impossible_memory_settings_stop_before_training(overrides, says, tmp_path):
     with pytest.raises(Exception) as err:
