@@ -1,4 +1,4 @@
-"""The episodic memory every replay approach shares (ER, A-GEM, GEM, BCL): `per_task` slots for each task, filled
+"""The episodic memory every replay approach shares (ER, A-GEM, GEM, iCaRL, BCL, FTML): `per_task` slots for each task, filled
 as the task's stream goes by, either as a ring (the GEM/BCL codes' "last M samples of the task") or by reservoir
 sampling (a uniform sample of everything the task showed so far).
 
@@ -82,10 +82,7 @@ class EpisodicMemory(nn.Module):
     def _channel_stats(self, t: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (t, x.device, x.dim())
         if key not in self._stats:  # made once: two small tensors per step cost as much as the encoding
-            tf = self.transforms[t]
-            shape = (1, -1) + (1,) * (x.dim() - 2) if len(tf.mean) > 1 else (1,)
-            self._stats[key] = (torch.tensor(tf.mean, device=x.device).view(shape),
-                                torch.tensor(tf.std, device=x.device).view(shape))
+            self._stats[key] = self.transforms[t].channel_stats(x.device, x.dim())
         return self._stats[key]
 
     # --- writing ------------------------------------------------------------------------------------------------
@@ -172,6 +169,3 @@ class EpisodicMemory(nn.Module):
             m = task_ids == u
             x[m] = self.decode(u, stored[m])
         return Replay(x, y, task_ids, slot)
-
-    def nbytes(self) -> int:
-        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()

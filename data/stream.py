@@ -27,12 +27,15 @@ class InputTransform:
         fresh = x.dtype != torch.float32  # x.float() made a copy we may overwrite (a whole dataset: no temporaries)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if any(m != 0.0 for m in self.mean) or any(s != 1.0 for s in self.std):
-            # broadcast per channel for [N, C, H, W]; a single value for flat or 1-channel data
-            shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,)
-            mean = torch.tensor(self.mean, device=x.device).view(shape)
-            std = torch.tensor(self.std, device=x.device).view(shape)
+            mean, std = self.channel_stats(x.device, x.dim())
             x = (x.sub_(mean) if fresh else x - mean).div_(std)
         return x
+
+    def channel_stats(self, device, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std shaped to broadcast over a batch of `dim` dimensions: per channel for [N, C, H, W], a single
+        value for flat or 1-channel data."""
+        shape = (1, -1) + (1,) * (dim - 2) if len(self.mean) > 1 else (1,)
+        return (torch.tensor(self.mean, device=device).view(shape), torch.tensor(self.std, device=device).view(shape))
 
     def permute(self, x: torch.Tensor) -> torch.Tensor:
         if self.permutation is None:

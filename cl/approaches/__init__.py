@@ -22,5 +22,6 @@ from cl.approaches.sgd import SGD
 from cl.approaches.sgd_frozen import SGDFrozen
 from cl.approaches.si import SI
 
-__all__ = ["AGEM", "BCLDual", "BCLSingle", "ContinualApproach", "BLIP", "ER", "EWC", "FTML", "GEM", "HAT", "ICaRL", "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS",
-           "MASLocal", "Multimodal", "OnlineEWC", "SGD", "SGDFrozen", "SI"]
+__all__ = ["AGEM", "BCLDual", "BCLSingle", "BLIP", "ContinualApproach", "ER", "EWC", "FTML", "GEM", "HAT", "ICaRL",
+           "IMMMean", "IMMMode", "Independent", "Joint", "LwF", "MAS", "MASLocal", "Multimodal", "OnlineEWC", "SGD",
+           "SGDFrozen", "SI"]

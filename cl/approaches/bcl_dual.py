@@ -40,10 +40,11 @@ class BCLDual(BCLSingle):
                               f"both need at least 1")
 
     def setup_stream(self, stream):
-        self.n_memories -= self.val_slots  # the replay memory gets the rest of the slots
         super().setup_stream(stream)
-        self.n_memories += self.val_slots
         self.eval_memory = self.make_memory(stream, self.val_slots)
+
+    def replay_slots(self) -> int:
+        return self.n_memories - self.val_slots
 
     def observe(self, x, y, t):
         evicted = self.eval_memory.add(t, *gather_from_ranks(x[:1], y[:1]))  # every rank's first sample
@@ -69,4 +70,3 @@ class BCLDual(BCLSingle):
 
     def approach_info(self) -> dict:
         return {**super().approach_info(), "eval_memory_samples": sum(self.eval_memory.filled)}
-

@@ -72,4 +72,3 @@ class BCLSingle(MetaReplay):
             logits = self(x, t)
         self.train(was_training)
         self.soft_targets[t, :len(x), :logits.shape[1]] = F.softmax(logits / self.temperature, dim=1)
-

@@ -45,24 +45,30 @@ class ICaRL(ReplayApproach):
         self.memory_strength = memory_strength
 
     def setup_stream(self, stream):
-        self.n_tasks = len(stream)
         classes = [c for task in stream.tasks for c in task.classes]
         if self.net.multi_head or len(set(classes)) < len(classes):
             raise ConfigError("approach=icarl is class-incremental: it needs model.head=shared and a stream whose "
                               "tasks have disjoint classes (e.g. split MNIST or Split CIFAR-100, not permuted MNIST)")
-        per_class = self.n_memories // len(stream.tasks[0].classes)
-        if per_class < 1:
+        # memory groups are classes, in the order they arrive: task t's are groups task_first_group[t] onwards
+        self.task_first_group = [sum(len(t.classes) for t in stream.tasks[:u]) for u in range(len(stream) + 1)]
+        if self.replay_slots() < 1:
             raise ConfigError(f"approach.n_memories={self.n_memories} leaves no exemplar per class of the first task "
                               f"({len(stream.tasks[0].classes)} classes)")
-        # one memory group per class, in the order the classes arrive
-        self.task_first_group = [sum(len(t.classes) for t in stream.tasks[:u]) for u in range(len(stream) + 1)]
-        self.memory = EpisodicMemory(stream, per_class, seed=self.seed,
-                                     group_tasks=[u for u, task in enumerate(stream.tasks) for _ in task.classes])
+        super().setup_stream(stream)  # the memory: make_memory below
         self.register_buffer("group_class", torch.tensor(classes))
         n_out = self.net.heads[0].out_features
-        self.register_buffer("exemplar_logits", torch.zeros(len(classes), per_class, n_out))
+        self.register_buffer("exemplar_logits", torch.zeros(len(classes), self.memory.per_task, n_out))
         self.register_buffer("class_means", torch.zeros(len(classes), self.net.trunk.out_dim))
         self.register_buffer("groups_done", torch.zeros((), dtype=torch.long))  # classes with a mean so far
+
+    def replay_slots(self) -> int:
+        """Exemplars per class at most: the budget split over the first task's classes."""
+        return self.n_memories // self.task_first_group[1]
+
+    def make_memory(self, stream, per_task: int) -> EpisodicMemory:
+        """One memory group per class, in the order the classes arrive."""
+        return EpisodicMemory(stream, per_task, seed=self.seed,
+                              group_tasks=[u for u, task in enumerate(stream.tasks) for _ in task.classes])
 
     def train_sources(self, data, t):
         self.task_source = super().train_sources(data, t)[0]  # herding picks the task's exemplars at its end

@@ -2,14 +2,12 @@
 network (`finetune`, GEM's `--finetune yes`). `width_divisor: d` gives every task an MLP d times narrower than the
 configured one, with its own head (GEM's `independent`: hidden width nh / T, so that the T networks together have
 about the parameters of one)."""
-import copy
-
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
 from cl.errors import ConfigError
 from cl.models.mlp import MLP
-from cl.models.network import TaskNetwork
+from cl.models.network import TaskNetwork, reinitialized_copy
 
 
 class Independent(ContinualApproach):
@@ -31,14 +29,7 @@ class Independent(ContinualApproach):
             self.heads = nn.ModuleList(nn.Linear(hidden[-1], task.n_classes) for task in stream.tasks)
             return
         # the network's own trunk serves task 1; the other tasks get fresh re-initializations of it
-        trunks = [self.net.trunk]
-        for _ in range(len(stream) - 1):
-            trunk = copy.deepcopy(self.net.trunk)
-            for m in trunk.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            trunks.append(trunk)
-        self.extra_trunks = nn.ModuleList(trunks[1:])
+        self.extra_trunks = nn.ModuleList(reinitialized_copy(self.net.trunk) for _ in range(len(stream) - 1))
 
     def trunk_for(self, task: int) -> nn.Module:
         if self.width_divisor:

@@ -3,13 +3,12 @@ shared and fine-tuned on each task in turn. Task 1 uses the network's own input 
 initializations of it."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from cl.approaches.base import ContinualApproach
+from cl.models.network import reinitialized_copy
 
 
 class Multimodal(ContinualApproach):
@@ -17,12 +16,7 @@ class Multimodal(ContinualApproach):
         super().setup_stream(stream)
         name, first = next((n, m) for n, m in self.net.trunk.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
         self.input_layer = f"trunk.{name}"
-        extra = []
-        for _ in range(len(stream) - 1):
-            layer = copy.deepcopy(first)
-            layer.reset_parameters()
-            extra.append(layer)
-        self.extra_input_layers = nn.ModuleList(extra)
+        self.extra_input_layers = nn.ModuleList(reinitialized_copy(first) for _ in range(len(stream) - 1))
 
     def input_layer_for(self, task: int) -> nn.Module:
         return self.net.get_submodule(self.input_layer) if task == 0 else self.extra_input_layers[task - 1]

@@ -5,10 +5,12 @@ Each approach writes `observe(x, y, t)`: what happens to one incoming mini-batch
 optimization). At batch 10 a framework's per-step cost is as large as the step itself, so the loop hands each
 `training_step` a chunk of `chunk_batches` consecutive mini-batches (the same samples in the same order as one
 batch at a time) and `observe` runs on each slice of it: Lightning's per-batch hooks run once per chunk.
-Mid-task checkpoints fall on chunk boundaries. Under DDP each rank takes its share of the batches, gradients are
-averaged across ranks at every step, and every memory receives the samples of all ranks (gathered), so it is the same
-on every rank, as are the replay draws (the same seeded generator everywhere). (A batch cap such as debug mode's limit_train_batches makes the loop
-hand over single mini-batches, so that it caps mini-batches.)
+Mid-task checkpoints fall on chunk boundaries. A batch cap (debug mode's limit_train_batches) makes the loop hand
+over single mini-batches, so that it caps mini-batches.
+
+Under DDP each rank takes its share of the batches, gradients are averaged across ranks at every step, and every
+memory receives the samples of all ranks (gathered), so it is the same on every rank, as are the replay draws (the
+same seeded generator everywhere).
 
 Approaches whose memory the current task reads while it trains (BCL-Dual's evaluation memory, FTML) write it in
 `observe`, and iCaRL chooses its exemplars at the task's end: they override `remember`."""
@@ -46,7 +48,11 @@ class ReplayApproach(ContinualApproach):
 
     def setup_stream(self, stream):
         super().setup_stream(stream)
-        self.memory = self.make_memory(stream, self.n_memories)
+        self.memory = self.make_memory(stream, self.replay_slots())
+
+    def replay_slots(self) -> int:
+        """Slots per task of the replay memory (BCL-Dual keeps some of `n_memories` for its evaluation memory)."""
+        return self.n_memories
 
     def make_memory(self, stream, per_task: int) -> EpisodicMemory:
         return EpisodicMemory(stream, per_task, self.memory_policy, seed=self.seed)

@@ -6,6 +6,7 @@ approach treats `net.trunk` as the shared part and `net.heads` as the per-task p
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
@@ -14,6 +15,15 @@ from torch import nn
 from cl.errors import ConfigError
 
 HEAD_MODES = ("multi", "shared")
+
+
+def reinitialized_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` (its layout) with every layer freshly initialized, as a new network of that shape starts."""
+    fresh = copy.deepcopy(module)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return fresh
 
 
 def layer_labels(module: nn.Module) -> dict[str, str]:
