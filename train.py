@@ -16,8 +16,10 @@ def main(cfg: DictConfig) -> None:
     state = RunDirState(run_dir, resuming=bool(cfg.get("resume")))
     try:
         check_options(cfg)  # before the heavy imports: a mistyped value is reported in a second or two
-        from cl.pipeline import run
-
+        if cfg.get("rl_stream") is not None:  # a continual-RL recipe (experiment=rl_*)
+            from rl.loop import run
+        else:
+            from cl.pipeline import run
         run(cfg)
     except RunInterrupted as e:
         print(f"\ninterrupted by {e}; {resume_command(run_dir)}", file=sys.stderr)

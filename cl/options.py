@@ -203,6 +203,48 @@ RULES: dict[str, Rule] = {
     "model.trunk.input_size": Int(ge=63, optional=True),
     "model.trunk.pretrained": Text(optional=True),
     "model.trunk.trainable_layers": ListOf(Text(), min_len=1, optional=True),
+    # --- continual RL (rl/) ----------------------------------------------------------------------------------------
+    "rl_stream.name": Text(),
+    "rl_stream.kind": Choice(("atari", "minatar")),
+    "rl_stream.games": ListOf(Text(), min_len=1),
+    "rl_stream.steps_per_task": Int(ge=1),
+    "rl_stream.episodic_life": Bool(),
+    "rl_stream.noop_max": Int(ge=0),
+    "rl_stream.frame_skip": Int(ge=1),
+    "rl_stream.frame_stack": Int(ge=1),
+    "rl_stream.max_frames_per_episode": Int(ge=1),
+    "rl_stream.channels": Int(ge=1, le=10),
+    "rl_stream.sticky_action_prob": _PROBABILITY,
+    "rl_stream.max_episode_steps": Int(ge=1),
+    "rl_model.features": Int(ge=1),
+    "rl_model.filters": Int(ge=1),
+    "rl_approach.F_prior": Float(gt=0),
+    "rl_approach.max_bit": Int(ge=1, le=30),
+    "rl_approach.bound_scale": Float(gt=0),
+    "rl_approach.init": Choice(("normal", "default", "orthogonal")),
+    "rl_approach.prior_fan": Choice(("fan_in", "max")),
+    "rl_approach.fisher_minibatches": Int(ge=1),
+    "rl_approach.lamb": Float(ge=0),
+    "rl_approach.gamma": Float(ge=0, le=1),
+    "ppo.lr": Float(gt=0),
+    "ppo.adam_eps": Float(gt=0),
+    "ppo.linear_lr_decay": Bool(),
+    "ppo.num_envs": Int(ge=1),
+    "ppo.num_steps": Int(ge=1),
+    "ppo.epochs": Int(ge=1),
+    "ppo.minibatches": Int(ge=1),
+    "ppo.clip": Float(gt=0),
+    "ppo.clip_value_loss": Bool(),
+    "ppo.value_coef": Float(ge=0),
+    "ppo.entropy_coef": Float(ge=0),
+    "ppo.gamma": Float(ge=0, le=1),
+    "ppo.gae_lambda": Float(ge=0, le=1),
+    "ppo.max_grad_norm": Float(gt=0),
+    "rl_eval.episodes": Int(ge=1),
+    "rl_eval.every_updates": Int(ge=0),
+    "rl_eval.max_steps": Int(ge=1),
+    "rl_eval.gif_frames": Int(ge=0),
+    "rl_eval.seed": Int(ge=0),
     # --- stream ----------------------------------------------------------------------------------------------------
     "stream.name": Text(),
     "stream.data_dir": Text(),
@@ -302,7 +344,8 @@ RULES: dict[str, Rule] = {
 }
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
-CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "first_task")
+CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "first_task", "rl_stream", "rl_model",
+                    "rl_approach", "ppo", "rl_eval")
 
 
 _ABSENT = object()

@@ -60,10 +60,14 @@ def write_results(run_dir: Path, results: dict):
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["after_task"] + results["task_names"])
-    w.writerow(["random_init"] + [f"{a:.6f}" for a in results["random_init_acc"]])
+    w.writerow(["random_init"] + [_cell(a) for a in results["random_init_acc"]])
     for name, row in zip(results["task_names"], results["acc_matrix"]):
-        w.writerow([name] + [f"{a:.6f}" for a in row])
+        w.writerow([name] + [_cell(a) for a in row])
     atomic_write(run_dir / "acc_matrix.csv", buf.getvalue())
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"  # None: not defined yet (an RL game's normalization)
 
 
 def write_figures(run_dir: Path, results: dict):

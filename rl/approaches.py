@@ -1,0 +1,156 @@
+"""The continual-RL approaches: what happens around PPO's optimizer steps and at the end of each game. They reuse
+the supervised side's pieces: BLIP's quantizer and Fisher scale (cl/blip), the exact per-sample Fisher
+(cl/per_sample.py) and the folded quadratic penalty of the regularizers (cl/approaches/regularizer.py).
+
+- finetune: plain PPO on every game (the trunk is shared, each game has its own heads).
+- ft_fix: the trunk trains on the first game only, then stays as it is; later games train their heads.
+- blip: BLIP with the official RL settings (bound 6/√max(fan_in, fan_out), orthogonal init, F_prior 5e-18): the
+  trunk is projected into its frozen bits' box after every Adam step; at the end of a game the Fisher of the
+  policy's log-likelihood of sampled actions on the last rollout grows the bits.
+- online_ewc: the trunk is pulled toward the last game's parameters by (λ/2)·Σ F (θ − θ*)², F the summed Fisher of
+  the same policy log-likelihood (γ = 1 sums, as the official baseline).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cl.approaches.regularizer import FoldedQuadratic, QuadraticTerms
+from cl.blip.fisher import official_scale_fisher
+from cl.blip.quant import QuantSettings, TrunkQuantizer
+from cl.errors import ConfigError
+from cl.models.network import layer_labels
+from cl.per_sample import gradient_statistics, sampled_label_nll
+from rl.network import ActorCritic
+
+
+def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor,
+                       minibatches: int) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Σ_i g_i² over the trunk's Linear/Conv2d parameters (names in the trunk), g_i the gradient of
+    −log π_t(a_i|s_i) with a_i sampled from the policy itself, over `minibatches` equal minibatches of the states
+    `obs` (the remainder dropped, as the official code). Returns (sums, samples, minibatch size)."""
+    layers = {name: m for name, m in agent.trunk.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    size = len(obs) // minibatches
+    if size < 1:
+        raise ConfigError(f"the Fisher needs at least fisher_minibatches={minibatches} states in the last rollout "
+                          f"(it has {len(obs)})")
+    order = torch.randperm(len(obs), device=obs.device)[:size * minibatches]
+    noise = torch.rand(len(order), device=obs.device)
+    batches = ((obs[order[i:i + size]], noise[i:i + size]) for i in range(0, len(order), size))
+    sums, count = gradient_statistics(layers, lambda x: agent.logits(x, t), batches, sampled_label_nll, "square")
+    return sums, count, size
+
+
+class RLApproach(nn.Module):
+    """Fine-tuning, and the hooks the others override. Its buffers (the approach's state) are checkpointed beside
+    the agent's."""
+
+    name = "finetune"
+
+    def attach(self, agent: ActorCritic) -> None:
+        """Called once, after the agent is built."""
+
+    def trainable_parameters(self, agent: ActorCritic, t: int) -> list[nn.Parameter]:
+        return list(agent.parameters())
+
+    def start_task(self, t: int) -> None:
+        pass
+
+    def before_optimizer_step(self) -> None:
+        pass
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+        """After game t, with the states of its last rollout."""
+
+    def info(self) -> dict:
+        return {}
+
+
+class FineTune(RLApproach):
+    name = "finetune"
+
+
+class FineTuneFixed(RLApproach):
+    name = "ft_fix"
+
+    def trainable_parameters(self, agent: ActorCritic, t: int) -> list[nn.Parameter]:
+        if t == 0:
+            return list(agent.parameters())
+        for p in agent.trunk.parameters():
+            p.requires_grad_(False)  # no gradient computed for it: the trunk stays bit-exact
+        return [*agent.actors[t].parameters(), *agent.critics[t].parameters()]
+
+
+class BLIP(RLApproach):
+    name = "blip"
+
+    def __init__(self, F_prior: float = 5e-18, max_bit: int = 20, bound_scale: float = 6.0, init: str = "orthogonal",
+                 prior_fan: str = "max", fisher_minibatches: int = 32):
+        super().__init__()
+        self.settings = QuantSettings(F_prior, max_bit, bound_scale, init, prior_fan)
+        self.fisher_minibatches = fisher_minibatches
+        self.quantizer: TrunkQuantizer | None = None
+
+    def attach(self, agent: ActorCritic) -> None:
+        self.quantizer = TrunkQuantizer(agent.trunk, self.settings)
+        self.quantizer.initialize()
+        self.labels = layer_labels(agent.trunk)
+
+    def start_task(self, t: int) -> None:
+        self.quantizer.prepare_box()
+
+    def after_optimizer_step(self) -> None:
+        self.quantizer.project_()
+
+    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+        """The official order: Fisher at the trained (float) weights, bit growth, re-quantization, running mean."""
+        sums, count, size = policy_fisher_sums(agent, t, states, self.fisher_minibatches)
+        self.quantizer.freeze(official_scale_fisher(sums, count, size), t)
+        self.quantizer.drop_box()
+
+    def info(self) -> dict:
+        per_layer = self.quantizer.capacity_per_layer()
+        return {"capacity": self.quantizer.capacity(),
+                "capacity_per_layer": {self.labels[k]: v for k, v in per_layer.items()}}
+
+
+class OnlineEWC(RLApproach):
+    name = "online_ewc"
+
+    def __init__(self, lamb: float = 5000.0, gamma: float = 1.0, fisher_minibatches: int = 32):
+        super().__init__()
+        if lamb < 0 or not 0 <= gamma <= 1:
+            raise ConfigError(f"rl_approach: online_ewc needs lamb >= 0 and gamma in [0, 1] (got {lamb}, {gamma})")
+        self.lamb, self.gamma, self.fisher_minibatches = lamb, gamma, fisher_minibatches
+        self.register_buffer("tasks_consolidated", torch.zeros((), dtype=torch.long))
+        self.terms: QuadraticTerms | None = None
+        self._folded: FoldedQuadratic | None = None
+
+    def attach(self, agent: ActorCritic) -> None:
+        self.regularized = dict(agent.trunk.named_parameters())  # the trunk only, as the official baseline
+        self.terms = QuadraticTerms(self.regularized)
+        self.terms.add()
+
+    def start_task(self, t: int) -> None:
+        self._folded = (FoldedQuadratic(list(self.regularized.values()), list(self.terms), self.lamb / 2)
+                        if int(self.tasks_consolidated) else None)
+
+    def before_optimizer_step(self) -> None:
+        if self._folded is not None:
+            self._folded.add_gradient()
+
+    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+        sums, count, _ = policy_fisher_sums(agent, t, states, self.fisher_minibatches)
+        term = self.terms[0]
+        with torch.no_grad():
+            for name, value in term.importance.as_dict().items():
+                value.mul_(self.gamma).add_(sums[name] / count)  # the textbook per-sample Fisher
+            term.anchor.copy_([p.detach() for p in self.regularized.values()])
+        self.tasks_consolidated += 1
+        self._folded = None
+
+    def info(self) -> dict:
+        return {"penalty": float(self._folded.value()) if self._folded is not None else 0.0}

@@ -1,0 +1,353 @@
+"""The continual-RL task loop, the counterpart of cl/pipeline.py: for each game of the stream, PPO on it (rl/ppo.py)
+with the approach's hooks, the approach's task end, then every game evaluated greedily to fill row t of the return
+matrix; checkpoint and rewrite the result files after every game, so `resume=true` continues from the last
+finished one and gives the same numbers as an uninterrupted run (every game re-seeds torch and its environments
+from (seed, game)).
+
+results.json keeps the supervised schema: `acc_matrix` holds the normalized returns (÷ each game's return at the
+end of its own training, so ACC and BWT read as in classification; null until that game has trained),
+`return_matrix` the raw mean returns, `curves` the evaluations during training.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from lightning_fabric import Fabric
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+from tqdm import tqdm
+
+from cl.checkpointing import StopRequests, continue_logs, task_checkpoint
+from cl.config_check import check_config, check_resume_config
+from cl.errors import ConfigError, RunInterrupted
+from cl.pipeline import close_loggers, config_dict, instantiate_all, say, task_seed
+from cl.results import atomic_write, build_results, read_results, write_results
+from rl.approaches import RLApproach
+from rl.envs import GameStream
+from rl.evaluate import EvalSettings, evaluate
+from rl.network import ActorCritic
+from rl.ppo import PPOSettings, UpdateStats, train_game
+
+log = logging.getLogger(__name__)
+RETURNS_PLOT, GIF_DIR = "returns.png", "gifs"
+LOG_POSITIONS = "cl_log_positions"
+
+
+def run(cfg: DictConfig) -> dict:
+    with StopRequests() as stops:
+        return RLLoop(cfg, stops).run()
+
+
+def normalized(raw: list[list[float]], diagonal: list[float | None]) -> list[list[float | None]]:
+    """raw[i][j] ÷ game j's return after its own training (None where that is unknown or not positive)."""
+    return [[None if d is None or d <= 0 else r / d for r, d in zip(row, diagonal)] for row in raw]
+
+
+def without_nan(values):
+    """NaN → None (JSON null): a metric over a game whose normalization is undefined is unknown, not a number."""
+    if isinstance(values, dict):
+        return {k: without_nan(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [without_nan(v) for v in values]
+    return None if isinstance(values, float) and np.isnan(values) else values
+
+
+def state_bytes(module: torch.nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+class RLLoop:
+    def __init__(self, cfg: DictConfig, stops: StopRequests):
+        self.t_start = time.perf_counter()
+        self.cfg, self.stops = cfg, stops
+        check_config(cfg)
+        devices = cfg.trainer.get("devices", 1)
+        if devices not in (1, "1", "auto") or cfg.trainer.get("num_nodes", 1) != 1:
+            raise ConfigError(f"continual RL runs on one device (trainer.devices={devices}): its environments feed "
+                              f"one learner; use trainer=cpu or trainer=gpu")
+        if str(cfg.trainer.get("precision", "32")) not in ("32", "32-true"):
+            raise ConfigError(f"continual RL trains in float32 (trainer.precision={cfg.trainer.precision}); "
+                              f"set trainer.precision=32")
+        accelerator = cfg.trainer.get("accelerator", "cpu")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible to torch {torch.__version__} "
+                              f"here; trainer=cpu runs on this machine")
+        self.fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")
+        self.device = self.fabric.device
+        self.run_dir = Path(cfg.paths.output_dir)
+        self.previous = read_results(self.run_dir) if cfg.resume else None
+        if cfg.resume:
+            check_resume_config(cfg, self.previous, self.run_dir)
+        self.ppo: PPOSettings = hydra.utils.instantiate(cfg.ppo)
+        self.eval: EvalSettings = hydra.utils.instantiate(cfg.rl_eval)
+
+    # --- the whole run ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        if self.previous and self.previous["complete"]:
+            say(f"the run in {self.run_dir} is complete: nothing to resume\n\n{self.table(self.previous)}")
+            return self.previous
+        say(f"run dir: {self.run_dir}")
+        self.build()
+        self.loggers = instantiate_all(self.cfg.get("logger"))
+        try:
+            start = self.restore() if self.previous else self.start()
+            for t in range(start, len(self.stream)):
+                self.train_task(t)
+                self.finish_task(t)
+                if self.stops.signum is not None:
+                    raise RunInterrupted(self.stops.signum, f"after game {t + 1}")
+        except BaseException:
+            self.write_figures()
+            close_loggers(self.loggers, "failed")
+            raise
+        self.write_figures()
+        say(f"\n{self.table(self.results)}\nresults: {self.run_dir / 'results.json'}")
+        self.log_media()
+        close_loggers(self.loggers, "success")
+        return self.results
+
+    def build(self):
+        cfg = self.cfg
+        pl.seed_everything(cfg.seed, verbose=False)
+        self.stream: GameStream = hydra.utils.instantiate(cfg.rl_stream)
+        shapes, actions = set(), []
+        for t in range(len(self.stream)):  # each game's action count and observation shape, from one copy of it
+            probe = self.stream.make(t, 1, 0, train=True)
+            shapes.add(probe.obs_shape)
+            actions.append(probe.n_actions)
+            obs_scale = probe.obs_scale
+            probe.close()
+        if len(shapes) != 1:
+            raise ConfigError(f"the games of rl_stream={self.stream.name} have different observation shapes {shapes}")
+        obs_shape = shapes.pop()
+        trunk = hydra.utils.instantiate(cfg.rl_model, in_channels=obs_shape[0])
+        self.agent = ActorCritic(trunk, obs_shape, actions, obs_scale, name=cfg.rl_model._target_.rsplit(".", 1)[1])
+        self.approach: RLApproach = hydra.utils.instantiate(cfg.rl_approach)
+        self.approach.attach(self.agent)
+        self.agent.to(self.device)
+        self.approach.to(self.device)
+        self.updates = self.ppo.updates(self.stream.steps_per_task)
+        self.names = list(self.stream.games)
+
+    def start(self) -> int:
+        self.raw_rows, self.curves, self.cl_state = [], [], []
+        self.times = {k: [] for k in ("train", "rollout", "update", "task_end", "eval", "io")}
+        self.times.update(total=0.0, setup=0.0)
+        self.elapsed_before = 0.0
+        self.random_init = [evaluate(self.agent, self.stream, j, self.eval, self.cfg.seed, self.device)[0]
+                            for j in range(len(self.stream))]
+        for lg in self.loggers:
+            lg.log_hyperparams(config_dict(self.cfg))
+        self.times["setup"] = time.perf_counter() - self.t_start
+        self.write_results()
+        return 0
+
+    def restore(self) -> int:
+        prev = self.previous
+        done = prev["tasks_done"]
+        self.raw_rows, self.random_init = prev["return_matrix"], prev["random_init_return"]
+        self.curves, self.times, self.cl_state = prev["curves"], prev["time_s"], prev["memory"]["cl_state_bytes"]
+        self.elapsed_before = self.times["total"]
+        if done == 0:
+            continue_logs(self.loggers, None)
+            log.info("resuming %s: no game had finished, so game 1 starts over", self.run_dir)
+            return 0
+        ckpt = torch.load(task_checkpoint(self.run_dir, done - 1), map_location=self.device, weights_only=False)
+        self.agent.load_state_dict(ckpt["agent"])
+        self.approach.load_state_dict(ckpt["approach"])
+        continue_logs(self.loggers, ckpt)
+        log.info("resuming %s at game %d of %d", self.run_dir, done + 1, len(self.stream))
+        return done
+
+    # --- one game ---------------------------------------------------------------------------------------------
+    def train_task(self, t: int):
+        cfg, s = self.cfg, self.ppo
+        pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
+        envs = self.stream.make(t, s.num_envs, task_seed(cfg.seed, t), train=True)
+        self.approach.start_task(t)
+        recent: collections.deque[float] = collections.deque(maxlen=10)
+        spent = {"rollout": 0.0, "update": 0.0}
+        offset = t * self.updates * s.batch
+        bar = tqdm(total=self.updates * s.batch, unit="step", unit_scale=True, mininterval=2.0, dynamic_ncols=True,
+                   desc=f"game {t + 1}/{len(self.stream)} {self.names[t]}", disable=not self.fabric.is_global_zero)
+
+        def on_update(stats: UpdateStats):
+            recent.extend(stats.episode_returns)
+            spent["rollout"] += stats.rollout_seconds
+            spent["update"] += stats.update_seconds
+            bar.update(s.batch)
+            if recent:
+                bar.set_postfix(ret=f"{np.mean(recent):.1f}", refresh=False)
+            step = offset + stats.env_steps
+            if stats.update % 10 == 0 or stats.update == self.updates:
+                metrics = {f"train/{k}": getattr(stats, k) for k in
+                           ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "lr")}
+                if recent:
+                    metrics["train/episode_return"] = float(np.mean(recent))
+                self.log_metrics(metrics, step)
+            every = self.eval.every_updates
+            if every and stats.update % every == 0 and stats.update < self.updates:
+                self.evaluate_seen(t, step)
+            if self.stops.signum is not None:
+                raise RunInterrupted(self.stops.signum, f"in game {t + 1}, which starts over when resumed")
+
+        t0 = time.perf_counter()
+        try:
+            rollout = train_game(self.agent, self.approach, envs, t, self.updates, s, self.device, on_update)
+        finally:
+            bar.close()
+            envs.close()
+        t1 = time.perf_counter()
+        self.approach.end_task(self.agent, t, rollout.obs.flatten(0, 1))
+        self.times["train"].append(t1 - t0)
+        self.times["task_end"].append(time.perf_counter() - t1)
+        self.times["rollout"].append(spent["rollout"])
+        self.times["update"].append(spent["update"])
+
+    def evaluate_seen(self, t: int, step: int):
+        returns = {self.names[j]: evaluate(self.agent, self.stream, j, self.eval, self.cfg.seed, self.device)[0]
+                   for j in range(t + 1)}
+        self.curves.append({"step": step, "task": t, "returns": returns})
+        self.log_metrics({f"eval/{name}": r for name, r in returns.items()}, step)
+
+    def finish_task(self, t: int):
+        t0 = time.perf_counter()
+        row = []
+        for j in range(len(self.stream)):
+            score, frames = evaluate(self.agent, self.stream, j, self.eval, self.cfg.seed, self.device,
+                                     record=j <= t and self.eval.gif_frames > 0)
+            row.append(score)
+            if frames:
+                self.save_frames(t, j, frames)
+        self.raw_rows.append(row)
+        step = (t + 1) * self.updates * self.ppo.batch
+        self.curves.append({"step": step, "task": t, "returns": {self.names[j]: row[j] for j in range(t + 1)}})
+        self.times["eval"].append(time.perf_counter() - t0)
+        self.cl_state.append(state_bytes(self.approach))
+        t0 = time.perf_counter()
+        self.times["io"].append(0.0)
+        results = self.build_results()
+        metrics = {f"return/{n}": r for n, r in zip(self.names, row)}
+        metrics.update({f"cl/{k}": v for k, v in results["metrics"].items() if v is not None})
+        metrics["cl/tasks_done"] = t + 1
+        metrics.update({f"approach/{k}": v for k, v in results["approach_info"].items() if isinstance(v, float)})
+        self.log_metrics(metrics, step)
+        for lg in self.loggers:
+            lg.save()
+        self.save_checkpoint(t)
+        self.times["io"][-1] = time.perf_counter() - t0
+        self.write_results(results)
+
+    # --- files --------------------------------------------------------------------------------------------------
+    def build_results(self) -> dict:
+        self.times["total"] = self.elapsed_before + time.perf_counter() - self.t_start
+        k = len(self.raw_rows)
+        diagonal = [self.raw_rows[j][j] if j < k else None for j in range(len(self.names))]
+        results = build_results(
+            stream=self.stream.name, approach=self.approach.name, model=self.agent.name, seed=self.cfg.seed,
+            task_names=self.names, acc_rows=normalized(self.raw_rows, diagonal),
+            random_init_acc=normalized([self.random_init], diagonal)[0], time_s=self.times,
+            memory={"params": sum(p.numel() for p in self.agent.parameters()), "cl_state_bytes": self.cl_state},
+            approach_info=self.approach.info(), config=config_dict(self.cfg))
+        results.update(metrics=without_nan(results["metrics"]),
+                       forgetting_per_task=without_nan(results["forgetting_per_task"]), return_matrix=self.raw_rows, random_init_return=self.random_init, curves=self.curves,
+                       env_steps_per_task=self.updates * self.ppo.batch,
+                       normalization="acc_matrix = return ÷ the game's return after its own training")
+        self.results = results
+        return results
+
+    @rank_zero_only
+    def write_results(self, results: dict | None = None):
+        write_results(self.run_dir, results or self.build_results())
+
+    @rank_zero_only
+    def save_checkpoint(self, t: int):
+        path = task_checkpoint(self.run_dir, t)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
+                 LOG_POSITIONS: {type(lg).__name__: lg.log_position() for lg in self.loggers
+                                 if hasattr(lg, "log_position")}}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def save_frames(self, t: int, j: int, frames: list[np.ndarray]):
+        path = self.run_dir / GIF_DIR / f"frames_{t}_{j}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, frames=np.stack(frames))
+
+    @rank_zero_only
+    def write_figures(self):
+        from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png
+
+        if not getattr(self, "raw_rows", None):
+            return
+        results = self.build_results()
+        title = f"{results['approach']} on {results['stream']}"
+        if self.curves:
+            atomic_write(self.run_dir / RETURNS_PLOT, returns_png(self.curves, self.names, results["env_steps_per_task"],
+                                                                  title))
+        m = results["metrics"]
+        if m and m["acc"] is not None:
+            title += f"\nnormalized ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}"
+        atomic_write(self.run_dir / "acc_matrix.png", normalized_matrix_png(results["acc_matrix"], self.names, title))
+        scale = 8 if self.stream.kind == "minatar" else 2
+        frames = [[self.load_frames(i, j, scale, frame_to_rgb) for j in range(len(self.names))]
+                  for i in range(len(self.raw_rows))]
+        if any(cell for row in frames for cell in row):
+            gif_matrix(frames, self.names, self.run_dir / GIF_DIR)
+
+    def load_frames(self, i: int, j: int, scale: int, frame_to_rgb) -> list[np.ndarray]:
+        path = self.run_dir / GIF_DIR / f"frames_{i}_{j}.npz"
+        if not path.exists():
+            return []
+        return [frame_to_rgb(f, scale) for f in np.load(path)["frames"]]
+
+    # --- logging ------------------------------------------------------------------------------------------------
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int):
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=step)
+
+    @rank_zero_only
+    def log_media(self):
+        """W&B gets the final metrics as the run summary, the plots as images and the GIF matrix as videos."""
+        from pytorch_lightning.loggers import WandbLogger
+
+        for lg in self.loggers:
+            if not isinstance(lg, WandbLogger):
+                continue
+            import wandb
+
+            lg.experiment.summary.update({f"cl/{k}": v for k, v in self.results["metrics"].items() if v is not None})
+            for name in (RETURNS_PLOT, "acc_matrix.png"):
+                if (self.run_dir / name).exists():
+                    lg.log_image(name.split(".")[0], [str(self.run_dir / name)])
+            lg.experiment.log({f"gifs/{p.stem}": wandb.Video(str(p), format="gif")
+                               for p in sorted((self.run_dir / GIF_DIR).glob("*.gif"))})
+
+    def table(self, results: dict) -> str:
+        names = results["task_names"]
+        w = max(10, max(len(n) for n in names) + 2)
+        lines = ["mean greedy return — rows: after training game, columns: game played",
+                 " " * w + "".join(f"{n:>{w}}" for n in names),
+                 f"{'random':<{w}}" + "".join(f"{r:>{w}.1f}" for r in results["random_init_return"])]
+        lines += [f"{n:<{w}}" + "".join(f"{r:>{w}.1f}" for r in row)
+                  for n, row in zip(names, results["return_matrix"])]
+        lines += ["", "normalized (÷ the game's return after its own training)"]
+        lines += [f"{n:<{w}}" + "".join(f"{'—' if r is None else f'{r:.2f}':>{w}}" for r in row)
+                  for n, row in zip(names, results["acc_matrix"])]
+        m = results["metrics"]
+        if m and m["acc"] is not None:
+            lines += ["", f"normalized ACC {m['acc']:.3f}   BWT {m['bwt']:+.3f}   forgetting {m['forgetting']:.3f}"]
+        elif m:
+            lines += ["", "normalized ACC and BWT undefined: a game's return after its own training was not positive"]
+        lines.append(f"time {results['time_s']['total']:.1f} s")
+        return "\n".join(lines)
