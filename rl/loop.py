@@ -67,6 +67,10 @@ class RLLoop:
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         self.t_start = time.perf_counter()
         self.cfg, self.stops = cfg, stops
+        missing = [g for g in ("rl_model", "rl_approach", "ppo", "rl_eval") if cfg.get(g) is None]
+        if missing:
+            raise ConfigError(f"continual RL needs {', '.join(missing)} too: start from a recipe that selects every "
+                              f"RL group, e.g. experiment=rl_minatar or experiment=rl_atari6")
         check_config(cfg)
         devices = cfg.trainer.get("devices", 1)
         if devices not in (1, "1", "auto") or cfg.trainer.get("num_nodes", 1) != 1:

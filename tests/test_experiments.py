@@ -5,7 +5,7 @@ import pytest
 from tests.conftest import compose_config, config_options, run_pipeline
 from tests.fixtures import write_torchvision_alexnet, write_torchvision_resnet18
 
-EXPERIMENTS = config_options("experiment")
+EXPERIMENTS = [e for e in config_options("experiment") if not e.startswith("rl_")]  # RL's: tests/test_rl.py
 MNIST_STREAMS = ("mnist5", "pmnist", "rotmnist")
 EXTRA = {
     "blip_mixture5": ["stream.verify_checksums=false"],  # the fixtures are not the canonical files

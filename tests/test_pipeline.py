@@ -11,13 +11,18 @@ from tests.conftest import APPROACH_NEEDS, compose_config, config_options, run_p
 RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "random_init_acc", "metrics",
                "time_s", "memory", "approach_info", "config"}
 APPROACHES = config_options("approach")
-GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
+GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "rl_stream",
+          "rl_model", "rl_approach", "ppo", "rl_eval"]
+RL_GROUPS = ("rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
 def test_every_config_composes(group, option, tmp_path):
     cfg = compose_config([f"{group}={option}"], tmp_path)
-    assert cfg.stream._target_ and cfg.model._target_ and cfg.approach._target_
+    if option.startswith("rl_"):  # a continual-RL recipe: every RL group, none of the supervised ones
+        assert all(cfg[g]._target_ for g in RL_GROUPS) and "stream" not in cfg
+    else:
+        assert cfg.stream._target_ and cfg.model._target_ and cfg.approach._target_
 
 
 def test_default_run_writes_the_results_contract(tmp_path):

@@ -11,10 +11,10 @@ import torch
 
 from cl.blip.quant import state_key
 from cl.errors import ConfigError, RunInterrupted
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, config_options, run_cli
 
-# 3 games × 4 updates of 4 environments × 32 steps: a few seconds per run
-TINY = ["rl_stream.steps_per_task=512", "ppo.num_envs=4", "ppo.num_steps=32", "ppo.minibatches=4",
+# 3 games × 8 updates of 4 environments × 32 steps (3,072 environment steps): a few seconds per run
+TINY = ["rl_stream.steps_per_task=1024", "ppo.num_envs=4", "ppo.num_steps=32", "ppo.minibatches=4",
         "rl_eval.episodes=2", "rl_eval.every_updates=2", "rl_eval.max_steps=150", "rl_eval.gif_frames=4",
         "logger=[]", "seed=3"]
 APPROACHES = {"blip": ["rl_approach.fisher_minibatches=4"], "ewc": ["rl_approach.fisher_minibatches=4"],
@@ -49,20 +49,26 @@ def test_every_approach_runs_the_minatar_stream(approach, tmp_path):
     positive = np.diag(raw) > 0
     assert np.allclose(np.diag(norm)[positive], 1.0)  # each game normalized by its own post-training return
     assert np.allclose(norm[:, positive], raw[:, positive] / np.diag(raw)[positive])
-    # curves: every 2 updates within each game (3 per game here: 2 in training, 1 at its end), seen games only
-    assert [len(c["returns"]) for c in results["curves"]] == [1, 1, 2, 2, 3, 3]
-    assert results["env_steps_per_task"] == 512
+    # curves: every 2 updates within each game (4 per game here: 3 in training, 1 at its end), seen games only
+    assert [len(c["returns"]) for c in results["curves"]] == [1] * 4 + [2] * 4 + [3] * 4
+    assert results["env_steps_per_task"] == 1024
     for name in ("results.json", "acc_matrix.csv", "acc_matrix.png", "returns.png", "gifs/gif_matrix.gif"):
         assert (tmp_path / name).stat().st_size > 0
     assert len(list((tmp_path / "gifs").glob("after*.gif"))) == 6  # the lower triangle of the GIF matrix
     assert (tmp_path / "checkpoints" / "task_2.ckpt").exists()
 
 
-def test_the_atari_stream_runs_on_real_ale_games(tmp_path):
-    results = run_rl(["experiment=rl_atari6_ft", "rl_stream.games=[pong,breakout]", "rl_stream.steps_per_task=64",
+# the default run takes fine-tuning; every Atari recipe (the base one runs BLIP) under -m slow
+ATARI_RECIPES = [pytest.param(r, marks=() if r == "rl_atari6_ft" else pytest.mark.slow)
+                 for r in config_options("experiment") if r.startswith("rl_atari6")]
+
+
+@pytest.mark.parametrize("recipe", ATARI_RECIPES)
+def test_the_atari_recipes_run_on_real_ale_games(recipe, tmp_path):
+    fisher = [] if recipe.endswith(("_ft", "_ftfix")) else ["rl_approach.fisher_minibatches=2"]  # 64 states
+    results = run_rl([f"experiment={recipe}", *fisher, "rl_stream.games=[pong,breakout]", "rl_stream.steps_per_task=64",
                       "ppo.num_envs=2", "ppo.num_steps=32", "ppo.minibatches=2", "ppo.epochs=1", "rl_eval.episodes=1",
-                      "rl_eval.every_updates=0", "rl_eval.max_steps=40", "rl_eval.gif_frames=2", "logger=[]"],
-                     tmp_path)
+                      "rl_eval.every_updates=0", "rl_eval.max_steps=40", "rl_eval.gif_frames=2", "logger=[]"], tmp_path)
     assert results["complete"] and results["model"] == "nature_cnn"
     agent = checkpoint(tmp_path, 1)["agent"]
     assert agent["actors.0.weight"].shape == (6, 1024) and agent["actors.1.weight"].shape == (4, 1024)
@@ -129,7 +135,7 @@ def test_resume_mid_stream_gives_the_same_return_matrix(approach, tmp_path, monk
 
     whole = run_rl(minatar(approach), tmp_path / "whole")
     cls = {"blip": approaches.BLIP, "ewc": approaches.OnlineEWC}[approach]
-    steps_per_game = 4 * 4 * 4  # updates × epochs × minibatches
+    steps_per_game = 8 * 4 * 4  # updates × epochs × minibatches
     SignalAfter(monkeypatch, cls, steps_per_game + 5)  # in the second game
     with pytest.raises(RunInterrupted):
         run_rl(minatar(approach), tmp_path / "cut")
@@ -137,6 +143,15 @@ def test_resume_mid_stream_gives_the_same_return_matrix(approach, tmp_path, monk
     resumed = run_rl(minatar(approach) + ["resume=true"], tmp_path / "cut")
     for key in ("return_matrix", "random_init_return", "acc_matrix", "curves", "metrics"):
         assert resumed[key] == whole[key], key
+
+
+def test_the_base_recipe_runs_blip(tmp_path):
+    assert compose_config(["experiment=rl_minatar"], tmp_path).rl_approach._target_ == "rl.approaches.BLIP"
+
+
+def test_an_rl_stream_without_a_recipe_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="experiment=rl_minatar"):
+        run_rl(["rl_stream=minatar3"], tmp_path)
 
 
 def test_rl_refuses_several_devices_in_one_line(tmp_path):
@@ -148,3 +163,14 @@ def test_cli_runs_a_minatar_recipe(tmp_path):
     done = run_cli(minatar("ft") + [f"hydra.run.dir={tmp_path}"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert "normalized ACC" in done.stdout and (tmp_path / "results.json").exists()
+
+
+def test_wandb_gets_the_gif_matrix_as_videos_and_the_plots(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run_rl(minatar("ft")[:1] + [o for o in TINY if not o.startswith("logger")] +
+           ["rl_stream.games=[breakout,space_invaders]", "logger=wandb"], tmp_path)
+    files = next((tmp_path / "wandb").glob("offline-run-*")) / "files"
+    videos = sorted(p.name for p in (files / "media" / "videos").rglob("*.gif"))
+    assert len(videos) == 4  # 3 cells of the lower triangle + the matrix
+    assert list((files / "media" / "images").rglob("*.png"))  # returns.png and the normalized matrix
