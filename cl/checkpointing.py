@@ -162,8 +162,7 @@ class MidTaskCheckpoints(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # how far each log got (the caller flushed them): a run resumed from here drops what came later
-        checkpoint[LOG_POSITIONS] = {type(lg).__name__: lg.log_position() for lg in self.loggers
-                                     if hasattr(lg, "log_position")}
+        checkpoint[LOG_POSITIONS] = log_positions(self.loggers)
         if not trainer.training:  # a task-end checkpoint: nothing to resume inside the task
             return
         checkpoint["cl_resume"] = {
@@ -175,6 +174,11 @@ class MidTaskCheckpoints(Callback):
 def read_resume_point(checkpoint: dict) -> ResumePoint | None:
     info = checkpoint.get("cl_resume")
     return ResumePoint(**info) if info else None
+
+
+def log_positions(loggers: list) -> dict:
+    """How far each log got, by logger class (the caller flushed them)."""
+    return {type(lg).__name__: lg.log_position() for lg in loggers if hasattr(lg, "log_position")}
 
 
 def continue_logs(loggers: list, checkpoint: dict | None) -> None:

@@ -41,16 +41,16 @@ class AtariGames:
 
     def __init__(self, game: str, num_envs: int, seed: int, episodic_life: bool = True, noop_max: int = 30,
                  frame_skip: int = 4, frame_stack: int = 4, max_frames_per_episode: int = 108_000):
+        from ale_py.roms import get_all_rom_ids
         from ale_py.vector_env import AtariVectorEnv
 
-        try:
-            self.env = AtariVectorEnv(game, num_envs, noop_max=noop_max, frameskip=frame_skip, stack_num=frame_stack,
-                                      img_height=84, img_width=84, grayscale=True, episodic_life=False,
-                                      reward_clipping=False, repeat_action_probability=0.0,
-                                      max_num_frames_per_episode=max_frames_per_episode, autoreset_mode="SameStep")
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"rl_stream: ale-py cannot make the Atari game {game!r} ({e}); use ale-py ROM ids "
-                              f"such as kung_fu_master or space_invaders") from None
+        if game not in get_all_rom_ids():
+            raise ConfigError(f"rl_stream: ale-py has no Atari game {game!r}; use its ROM ids (snake_case), e.g. "
+                              f"kung_fu_master or space_invaders")
+        self.env = AtariVectorEnv(game, num_envs, noop_max=noop_max, frameskip=frame_skip, stack_num=frame_stack,
+                                  img_height=84, img_width=84, grayscale=True, episodic_life=False,
+                                  reward_clipping=False, repeat_action_probability=0.0,
+                                  max_num_frames_per_episode=max_frames_per_episode, autoreset_mode="SameStep")
         self.num_envs, self.episodic_life, self.seed = num_envs, episodic_life, seed
         self.n_actions = int(self.env.single_action_space.n)
         self.obs_shape = (frame_stack, 84, 84)

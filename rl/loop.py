@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
-from cl.checkpointing import StopRequests, continue_logs, task_checkpoint
+from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint
 from cl.config_check import check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.pipeline import close_loggers, config_dict, instantiate_all, say, task_seed
@@ -37,7 +37,6 @@ from rl.ppo import PPOSettings, UpdateStats, train_game
 
 log = logging.getLogger(__name__)
 RETURNS_PLOT, GIF_DIR = "returns.png", "gifs"
-LOG_POSITIONS = "cl_log_positions"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -276,8 +275,7 @@ class RLLoop:
         path = task_checkpoint(self.run_dir, t)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
-                 LOG_POSITIONS: {type(lg).__name__: lg.log_position() for lg in self.loggers
-                                 if hasattr(lg, "log_position")}}
+                 LOG_POSITIONS: log_positions(self.loggers)}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)

@@ -154,6 +154,12 @@ def test_an_rl_stream_without_a_recipe_is_refused_in_one_line(tmp_path):
         run_rl(["rl_stream=minatar3"], tmp_path)
 
 
+@pytest.mark.parametrize("recipe,game", [("rl_atari6_ft", "KungFuMaster"), ("rl_minatar_ft", "pong")])
+def test_an_unknown_game_is_refused_in_one_line(recipe, game, tmp_path):
+    with pytest.raises(ConfigError, match=f"no .*game '{game}'"):
+        run_rl([f"experiment={recipe}", f"rl_stream.games=[{game}]"], tmp_path)
+
+
 def test_rl_refuses_several_devices_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="one device"):
         run_rl(minatar("ft") + ["trainer.devices=2"], tmp_path)
