@@ -1,18 +1,31 @@
 """Entry point: `python train.py [overrides]` (see `python train.py --help`)."""
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from cl.errors import RunInterrupted, first_cl_error
 from cl.options import check_options
-from cl.run_dir import RunDirState, resume_command
+from cl.run_dir import FAILED_FILE, RunDirState, resume_command
+from cl.sweep import in_multirun, own_ranks, pin_command_line, saved_progress
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.output_dir)
+    sweep_job = in_multirun()
+    if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/sweep.py)
+        previous = saved_progress(run_dir)
+        if previous and previous.get("complete"):
+            print(f"skipped: {run_dir} is complete", flush=True)
+            return
+        (run_dir / FAILED_FILE).unlink(missing_ok=True)
+        if previous and previous.get("tasks_done") and not cfg.resume:
+            with open_dict(cfg):
+                cfg.resume = True
+        pin_command_line(["resume=true"] if cfg.resume else [])
     state = RunDirState(run_dir, resuming=bool(cfg.get("resume")))
     try:
         check_options(cfg)  # before the heavy imports: a mistyped value is reported in a second or two
@@ -20,7 +33,11 @@ def main(cfg: DictConfig) -> None:
             from rl.loop import run
         else:
             from cl.pipeline import run
-        run(cfg)
+        if sweep_job:
+            with own_ranks():
+                run(cfg)
+        else:
+            run(cfg)
     except RunInterrupted as e:
         print(f"\ninterrupted by {e}; {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -29,12 +46,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
     except Exception as e:
         err = first_cl_error(e)
-        kept = state.settle_failure(str(err) if err is not None else f"{type(e).__name__}: {e}")
+        kept = state.settle_failure(str(err) if err is not None else f"{type(e).__name__}: {e}", keep=sweep_job)
         if err is None:
-            raise
-        where = f" (recorded in {kept}; {resume_command(run_dir)})" if kept else ""
-        print(f"\nerror: {err}{where}", file=sys.stderr)  # on its own line, after any progress output
-        sys.exit(1)
+            if not sweep_job:
+                raise
+            traceback.print_exc()
+        hint = "the sweep's summary lists it" if sweep_job else resume_command(run_dir)
+        where = f" (recorded in {kept}; {hint})" if kept else ""
+        print(f"\nerror: {err if err is not None else e}{where}", file=sys.stderr)
+        if not sweep_job:  # in a sweep the next job runs; the sweep's summary lists this one
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ class RunDirState:
         except (OSError, ValueError):
             return False
 
-    def settle_failure(self, error: str) -> str | None:
-        """Clean up after a failed run; returns where the error was recorded, if the run dir was kept."""
-        if self.resuming or not self.run_dir.is_dir():
+    def settle_failure(self, error: str, keep: bool = False) -> str | None:
+        """Clean up after a failed run; returns where the error was recorded, if the run dir was kept. `keep`: record
+        the error even when nothing was saved (a sweep's job: its summary points at it)."""
+        if not self.run_dir.is_dir() or (self.resuming and not keep):
             return None
-        if self._saved_progress():
+        if keep or self._saved_progress():
             path = self.run_dir / FAILED_FILE
             path.write_text(f"{datetime.datetime.now().isoformat(timespec='seconds')} error: {error}\n")
             return str(path)
