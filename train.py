@@ -1,6 +1,8 @@
 """Entry point: `python train.py [overrides]` (see `python train.py --help`)."""
+import os
 import sys
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -9,18 +11,29 @@ from omegaconf import DictConfig, open_dict
 from cl.errors import RunInterrupted, first_cl_error
 from cl.options import check_options
 from cl.run_dir import FAILED_FILE, RunDirState, resume_command
-from cl.sweep import in_multirun, own_ranks, pin_command_line, saved_progress
+from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line, saved_progress
+
+
+def objective(results: dict | None) -> float:
+    """What a job returns to Hydra's sweeper (Optuna maximizes it): the final ACC; NaN, which Optuna counts as a
+    failed trial, when there is none."""
+    acc = ((results or {}).get("metrics") or {}).get("acc")
+    return float("nan") if acc is None else float(acc)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
     run_dir = Path(cfg.paths.output_dir)
+    if "CL_THREADS_PER_JOB" in os.environ:  # a job of a parallel sweep: its share of the cores
+        import torch
+
+        torch.set_num_threads(THREADS_PER_JOB)
     sweep_job = in_multirun()
     if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/sweep.py)
         previous = saved_progress(run_dir)
         if previous and previous.get("complete"):
             print(f"skipped: {run_dir} is complete", flush=True)
-            return
+            return objective(previous)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         if previous and previous.get("tasks_done") and not cfg.resume:
             with open_dict(cfg):
@@ -33,11 +46,8 @@ def main(cfg: DictConfig) -> None:
             from rl.loop import run
         else:
             from cl.pipeline import run
-        if sweep_job:
-            with own_ranks():
-                run(cfg)
-        else:
-            run(cfg)
+        with own_ranks() if sweep_job else nullcontext():
+            return objective(run(cfg))
     except RunInterrupted as e:
         print(f"\ninterrupted by {e}; {resume_command(run_dir)}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -56,6 +66,7 @@ def main(cfg: DictConfig) -> None:
         print(f"\nerror: {err if err is not None else e}{where}", file=sys.stderr)
         if not sweep_job:  # in a sweep the next job runs; the sweep's summary lists this one
             sys.exit(1)
+        return objective(None)
 
 
 if __name__ == "__main__":

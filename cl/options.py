@@ -159,6 +159,8 @@ RULES: dict[str, Rule] = {
     # --- run -------------------------------------------------------------------------------------------------------
     "seed": Int(ge=0, lt=2**32),
     "resume": Bool(),
+    "protocol": Choice(("test", "validation")),
+    "validation_tasks": Int(ge=1),
     "eval_max_samples": Int(ge=1, optional=True),
     "checkpoint_every_n_steps": Int(ge=1, optional=True),
     "first_task.max_epochs": Int(ge=1, optional=True),

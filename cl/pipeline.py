@@ -62,6 +62,8 @@ def build(cfg: DictConfig) -> tuple[Stream, ContinualApproach]:
     with open_dict(stream_cfg):
         applied = {key: stream_cfg.pop(key, None) for key in PIPELINE_STREAM_OPTIONS}
     stream: Stream = hydra.utils.instantiate(stream_cfg).subsample_train(applied["use"], cfg.seed)
+    if cfg.get("protocol") == "validation":
+        stream = stream.head(cfg.validation_tasks)
     net = hydra.utils.instantiate(cfg.model, input_shape=stream.input_shape,
                                   task_classes=[t.n_classes for t in stream.tasks],
                                   n_shared_classes=stream.n_global_classes)
@@ -126,7 +128,12 @@ class TaskLoop:
         self.names = [t.name for t in self.stream.tasks]
         # held for the whole run: the device copies of the test sets are made once, not at every evaluation
         limit = cfg.get("eval_max_samples")
-        self.test_sources = [self.data.source(j, "test").head(limit) for j in range(len(self.stream))]
+        # protocol=validation (hyperparameter search) scores the validation splits: no test split is ever read
+        split = "valid" if cfg.get("protocol") == "validation" else "test"
+        self.test_sources = [self.data.source(j, split).head(limit) for j in range(len(self.stream))]
+        if split == "valid" and not all(len(s.y) for s in self.test_sources):
+            raise ConfigError("protocol=validation scores the tasks' validation splits, but this stream has none "
+                              "(stream.pc_valid=0): set stream.pc_valid > 0")
         self.check_validation()
         self.acc_rows: list[list[float]] = []
         try:
@@ -276,6 +283,7 @@ class TaskLoop:
             task_names=self.names, acc_rows=self.acc_rows, random_init_acc=self.random_init, time_s=self.times,
             memory={"params": sum(p.numel() for p in approach.net.parameters()), "cl_state_bytes": self.cl_state},
             approach_info=approach.approach_info(), config=config_dict(self.cfg))
+        self.results["protocol"] = self.cfg.get("protocol", "test")
         return self.results
 
     @rank_zero_only

@@ -20,12 +20,16 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cl.run_dir import FAILED_FILE
 
 SUMMARY_FILE = "sweep_summary.json"
 RESULTS_FILE = "results.json"
+THREADS_PER_JOB = int(os.environ.get("CL_THREADS_PER_JOB", "1"))
+# hydra/launcher=local_parallel: as many jobs at once as the cores hold at CL_THREADS_PER_JOB torch threads each
+OmegaConf.register_new_resolver("cl_parallel_jobs", lambda: max(1, (os.cpu_count() or 1) // THREADS_PER_JOB),
+                                replace=True)
 
 
 def in_multirun() -> bool:

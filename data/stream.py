@@ -92,6 +92,12 @@ class Stream:
     def n_global_classes(self) -> int:
         return 1 + max(c for t in self.tasks for c in t.classes)
 
+    def head(self, k: int) -> "Stream":
+        """The stream's first k tasks (the hyperparameter-search protocol trains on these only)."""
+        if not 1 <= k <= len(self.tasks):
+            raise ConfigError(f"validation_tasks={k} must be between 1 and the stream's {len(self.tasks)} tasks")
+        return Stream(self.name, self.tasks[:k], self.input_shape)
+
     def subsample_train(self, use: float | int | None, seed: int) -> "Stream":
         """The stream training on part of each task's training split (`stream.use`, the BCL/GEM drivers' `--use`):
         a fraction `0 < use <= 1` of it (rounded, at least one sample) or `use > 1` samples, drawn at random from

@@ -3,9 +3,13 @@ run again into its dir resumes it, and multirun with trainer=ddp runs each job o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from tests.conftest import run_cli
+import pytest
+
+from cl.errors import ConfigError
+from tests.conftest import compose_config, run_cli, run_pipeline
 
 FAST = ["debug=default", "logger=[]"]
 
@@ -64,3 +68,51 @@ def test_multirun_with_ddp_runs_each_job_once_on_its_own_ranks(tmp_path):
         assert (job / "train_ddp_process_1.log").exists()
     assert (done.stdout + done.stderr).count("Launching 2 jobs") == 1  # the sweep started once, by the user
     assert not list(outputs.rglob("results.json"))  # no rank started a sweep or a run of its own elsewhere
+
+
+@pytest.mark.parametrize("launcher,target", [("local", "BasicLauncher"), ("local_parallel", "JoblibLauncher"),
+                                             ("slurm", "SlurmLauncher")])
+def test_every_launcher_composes(launcher, target, tmp_path):
+    from cl.sweep import THREADS_PER_JOB  # importing it registers n_jobs' resolver, as train.py does
+
+    cfg = compose_config([f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "local_parallel":  # from the cores and CL_THREADS_PER_JOB
+        assert cfg.hydra.launcher.n_jobs == max(1, os.cpu_count() // THREADS_PER_JOB)
+
+
+def test_a_parallel_sweep_runs_its_jobs(tmp_path):
+    done = run_cli(["-m", "hydra/launcher=local_parallel", "approach=sgd,ewc", *FAST, f"hydra.sweep.dir={tmp_path}"],
+                   env={"CL_THREADS_PER_JOB": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [j["status"] for j in summary(tmp_path)] == ["complete", "complete"]
+
+
+def test_the_validation_protocol_never_reads_a_test_split(tmp_path, monkeypatch):
+    from cl.task_data import DeviceStream
+
+    read, original = [], DeviceStream.source
+    monkeypatch.setattr(DeviceStream, "source", lambda self, t, split: read.append((t, split)) or original(self, t, split))
+    results = run_pipeline(["approach=ewc", "protocol=validation", "validation_tasks=3", "trainer.max_epochs=1"],
+                           tmp_path)
+    assert results["protocol"] == "validation" and len(results["task_names"]) == 3 and results["complete"]
+    assert read and all(split != "test" for _, split in read) and max(t for t, _ in read) == 2
+    # the same run with protocol=test reads the test splits: the check above can fail
+    read.clear()
+    run_pipeline(["approach=ewc", "trainer.max_epochs=1"], tmp_path / "test")
+    assert any(split == "test" for _, split in read)
+
+
+def test_the_validation_protocol_needs_validation_splits(tmp_path):
+    with pytest.raises(ConfigError, match="stream.pc_valid > 0"):
+        run_pipeline(["protocol=validation", "stream.pc_valid=0", "debug=default"], tmp_path)
+
+
+def test_an_optuna_search_tunes_on_validation_runs(tmp_path):
+    done = run_cli(["-m", "approach=ewc", "hparams_search=ewc_lambda", "hydra.sweeper.n_trials=2", *FAST,
+                    f"hydra.sweep.dir={tmp_path}"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    assert "approach.lamb" in best and "best_value" in best
+    runs = [json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")]
+    assert len(runs) == 2 and all(r["protocol"] == "validation" and len(r["task_names"]) == 3 for r in runs)

@@ -1,0 +1,390 @@
+"""One report over many runs — a run dir, a Hydra sweep, W&B offline folders — so that seeds are compared with a
+confidence interval instead of by eye:
+
+    python -m cl.report <run or sweep dir> [--out DIR]        (default out: <dir>/report)
+
+Every `results.json` below the dir is read once (a copy with the same content, e.g. in `wandb/offline-run-*/files/`,
+is the same run). The complete runs are grouped by (stream, model, approach, number of tasks) and summarized as
+mean ± 95 % CI half-width over seeds; incomplete and failed runs (`failed.txt`) are listed, never averaged in.
+Writes report.md, report.csv and the figures (docs/report.md)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+from cl.errors import CLError
+from cl.metrics import acc
+from cl.results import RESULTS_FILE, acc_matrix_png, atomic_write
+from cl.run_dir import FAILED_FILE
+
+REQUIRED = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "metrics", "time_s", "memory",
+            "approach_info", "tasks_done", "complete"}
+# the accuracy-like statistics: (key in results["metrics"], label, unit of a supervised run)
+ACC_STATS = (("acc", "ACC", "%"), ("bwt", "BWT", "pp"), ("fwt", "FWT", "pp"), ("forgetting", "forgetting", "pp"),
+             ("la", "LA", "%"))
+ACC_KEYS = tuple(k for k, _, _ in ACC_STATS)
+STATS = ACC_KEYS + ("time_s", "cl_state_bytes")
+GROUP = ("stream", "model", "approach", "tasks")
+
+
+def collect(root: Path) -> list[dict]:
+    """Every distinct results.json below `root`, with `run_dir` (a Path) added. Run dirs come before W&B folders,
+    so that a run saved in both is kept under its run dir."""
+    paths = sorted(Path(root).rglob(RESULTS_FILE), key=lambda p: ("wandb" in p.parts, len(p.parts), str(p)))
+    runs, seen = [], set()
+    for path in paths:
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        if not isinstance(run, dict) or not REQUIRED <= set(run):
+            print(f"skipped {path}: not a run's results.json", file=sys.stderr)
+            continue
+        content = json.dumps(run, sort_keys=True)
+        if content not in seen:
+            seen.add(content)
+            runs.append({**run, "run_dir": path.parent})
+    return runs
+
+
+def failed_runs(root: Path) -> dict[Path, str]:
+    """Run dir → the error line of its failed.txt, for every failed.txt below `root`."""
+    failures = {}
+    for path in sorted(Path(root).rglob(FAILED_FILE)):
+        lines = path.read_text(errors="replace").strip().splitlines()
+        failures[path.parent] = lines[-1] if lines else "(empty failed.txt)"
+    return failures
+
+
+def is_rl(run: dict) -> bool:
+    """RL runs hold normalized returns in acc_matrix (shown as ratios, not ×100)."""
+    return "return_matrix" in run
+
+
+def matrix(run: dict) -> np.ndarray:
+    """The finished rows of acc_matrix as floats, null (an RL game's undefined normalization) as NaN."""
+    return np.array([[np.nan if v is None else v for v in row] for row in run["acc_matrix"]], dtype=float)
+
+
+def acc_after_each_task(run: dict) -> list[float]:
+    """ACC after task t (mean of row t over the tasks seen so far), for every finished task."""
+    R = matrix(run)
+    return [acc(R[:t + 1, :t + 1]) for t in range(len(R))]
+
+
+def mean_ci(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, 95 % CI half-width t_{0.975,n−1}·s/√n (None for n < 2) and n, over the values that are known."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n < 2:
+        return (float(v[0]) if n else None), None, n
+    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)), n
+
+
+def _raw(run: dict, key: str) -> float | None:
+    if key == "time_s":
+        return run["time_s"].get("total")
+    if key == "cl_state_bytes":
+        per_task = run["memory"].get("cl_state_bytes") or [None]
+        return per_task[-1]
+    return run["metrics"].get(key)
+
+
+def _groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Complete runs by (stream, model, approach, T): runs with different task lists cannot be averaged."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if run["complete"]:
+            groups.setdefault((run["stream"], run["model"], run["approach"], len(run["task_names"])), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per group of complete runs: n_seeds, seeds, unit ("percent" or, for RL, "ratio") and, per statistic,
+    <key>_mean, <key>_ci95 (None for n < 2) and <key>_n (seeds where it is known), in the table's units."""
+    rows = []
+    for key, group in _groups(runs).items():
+        rl = is_rl(group[0])
+        row = dict(zip(GROUP, key), n_seeds=len(group), seeds=sorted(r["seed"] for r in group),
+                   unit="ratio" if rl else "percent")
+        for stat in STATS:
+            scale = 100 if stat in ACC_KEYS and not rl else 1
+            mean, ci, n = mean_ci([_raw(r, stat) for r in group])
+            row.update({f"{stat}_mean": None if mean is None else scale * mean,
+                        f"{stat}_ci95": None if ci is None else scale * ci, f"{stat}_n": n})
+        rows.append(row)
+    return rows
+
+
+def _human_bytes(value: float) -> tuple[float, str]:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return value, unit
+        value /= 1024
+    return value, "TiB"
+
+
+def _cell(row: dict, stat: str) -> str:
+    """mean ± CI in the table's format; n=1: the value alone; fewer known values than seeds: (n=k)."""
+    mean, ci, n = row[f"{stat}_mean"], row[f"{stat}_ci95"], row[f"{stat}_n"]
+    if mean is None:
+        return "—"
+    unit = ""
+    if stat == "cl_state_bytes":
+        scaled, unit = _human_bytes(mean)
+        factor = scaled / mean if mean else 1.0
+        mean, ci, digits, unit = scaled, None if ci is None else ci * factor, 0 if unit == "B" else 2, f" {unit}"
+    else:
+        digits = 1 if stat == "time_s" else 3 if row["unit"] == "ratio" else 2
+    text = f"{mean:.{digits}f}" + ("" if ci is None else f" ± {ci:.{digits}f}") + unit
+    if n == 1 or n < row["n_seeds"]:
+        text += f" (n={n})"
+    return text
+
+
+def _table(rows: list[dict], rl: bool) -> list[str]:
+    mark = "¹" if rl else ""
+    heads = [f"{label}{mark}" + ("" if rl else f" ({unit})") for _, label, unit in ACC_STATS]
+    heads += ["wall-clock (s)", "CL state"]
+    lines = ["| stream | model | approach | T | n | seeds | " + " | ".join(heads) + " |",
+             "|---" * (6 + len(heads)) + "|"]
+    for row in rows:
+        seeds = ", ".join(str(s) for s in row["seeds"])
+        lines.append(f"| {row['stream']} | {row['model']} | {row['approach']} | {row['tasks']} | {row['n_seeds']} | "
+                     f"{seeds} | " + " | ".join(_cell(row, s) for s in STATS) + " |")
+    return lines
+
+
+def _slug(*parts) -> str:
+    return "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt  # already on Agg: only the functions that made `fig` call this
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _mean_matrix(group: list[dict]) -> np.ndarray:
+    """Entry-wise mean over seeds of the known entries (NaN where no seed knows it)."""
+    stack = np.stack([matrix(r) for r in group])
+    known = np.isfinite(stack).sum(0)
+    return np.where(known > 0, np.nansum(stack, 0) / np.maximum(known, 1), np.nan)
+
+
+def mean_matrix_png(group: list[dict]) -> bytes:
+    """The accuracy matrix averaged over the group's seeds, drawn as a single run's acc_matrix.png is."""
+    first, R = group[0], _mean_matrix(group)
+    approach, stream = f"{first['approach']} ({first['model']})", f"{first['stream']}\nmean of {len(group)} seeds"
+    if is_rl(first):
+        from rl.plots import normalized_matrix_png
+
+        return normalized_matrix_png(R.tolist(), first["task_names"], f"{approach} on {stream}")
+    metrics = {k: mean_ci([r["metrics"].get(k) for r in group])[0] for k in ("acc", "bwt")}
+    return acc_matrix_png({"task_names": first["task_names"], "acc_matrix": R.tolist(), "stream": stream,
+                           "approach": approach, "metrics": metrics})
+
+
+def acc_curves_png(groups: dict[tuple, list[dict]]) -> bytes:
+    """ACC after each task, one line per group (of one stream and model) with its 95 % CI band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (stream, model, _, _), first = next(iter(groups.items()))
+    rl = is_rl(first[0])
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    approaches = [key[2] for key in groups]
+    for (_, _, approach, T), group in groups.items():
+        curves = np.array([acc_after_each_task(r) for r in group]) * (1 if rl else 100)
+        cols = [mean_ci(curves[:, t]) for t in range(T)]
+        mean = np.array([np.nan if m is None else m for m, _, _ in cols])
+        ci = np.array([np.nan if c is None else c for _, c, _ in cols])
+        x = np.arange(1, T + 1)
+        label = f"{approach}{'' if approaches.count(approach) == 1 else f', T={T}'} (n={len(group)})"
+        line, = ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, mean - ci, mean + ci, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("mean normalized return on tasks seen (ratio)" if rl else "ACC on tasks seen so far (%)")
+    ax.set_title(f"{stream}, {model}: ACC after each task (mean, shaded: 95 % CI over seeds)", fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _layer_capacity(info: dict) -> dict[str, float]:
+    """BLIP's final capacity per layer: supervised BLIP keeps it in bits_per_layer, the RL BLIP in
+    capacity_per_layer."""
+    if "bits_per_layer" in info:
+        return {layer: v["capacity"] for layer, v in info["bits_per_layer"].items()}
+    return dict(info.get("capacity_per_layer", {}))
+
+
+def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
+    """Final capacity per layer (mean over seeds, 95 % CI bars) of the BLIP groups of one stream and model.
+    results.json keeps only the capacity after the last task (the per-task history is in the checkpoints)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (stream, model, _, _), first = next(iter(groups.items()))
+    layers = list(_layer_capacity(first[0]["approach_info"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(layers) + 2), 4.5), dpi=100)
+    width = 0.8 / len(groups)
+    for i, ((_, _, approach, T), group) in enumerate(groups.items()):
+        per_layer = [mean_ci([100 * _layer_capacity(r["approach_info"]).get(layer, np.nan) for r in group])
+                     for layer in layers]
+        overall = mean_ci([100 * r["approach_info"]["capacity"] for r in group])[0]
+        ax.bar(np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width,
+               [np.nan if m is None else m for m, _, _ in per_layer], width,
+               yerr=[0 if c is None else c for _, c, _ in per_layer], capsize=3,
+               label=f"{approach}, T={T}: {overall:.1f}% overall (n={len(group)})")
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("capacity used (% of the layer's bits)")
+    ax.set_title(f"{stream}, {model}: BLIP's final capacity per layer, after the last task\n"
+                 "(mean over seeds, bars: 95 % CI)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _figures(runs: list[dict], out: Path) -> list[str]:
+    """Writes every figure into `out`; returns their file names."""
+    groups = _groups(runs)
+    names = []
+    by_stream_model: dict[tuple, dict[tuple, list[dict]]] = {}
+    for key, group in groups.items():
+        stream, model, approach, T = key
+        same = sum(k[:3] == key[:3] for k in groups)  # one approach run with different task counts
+        name = f"acc_matrix_{_slug(stream, model, approach)}{f'_T{T}' if same > 1 else ''}.png"
+        atomic_write(out / name, mean_matrix_png(group))
+        names.append(name)
+        by_stream_model.setdefault((stream, model), {})[key] = group
+    for (stream, model), subset in by_stream_model.items():
+        name = f"acc_after_each_task_{_slug(stream, model)}.png"
+        atomic_write(out / name, acc_curves_png(subset))
+        names.append(name)
+        blip = {k: g for k, g in subset.items() if all("capacity" in r["approach_info"] for r in g)
+                and _layer_capacity(g[0]["approach_info"])}
+        if blip:
+            name = f"capacity_{_slug(stream, model)}.png"
+            atomic_write(out / name, capacity_png(blip))
+            names.append(name)
+    return names
+
+
+def _status(run: dict, failures: dict[Path, str]) -> str:
+    """complete wins over failed.txt (a run finished by a resume), as in the sweep's summary (cl/sweep.py)."""
+    if run["complete"]:
+        return "complete"
+    return "failed" if run["run_dir"] in failures else "incomplete"
+
+
+def _where(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path != root else "."
+
+
+def _unfinished(runs: list[dict], status: list[str], failures: dict[Path, str], root: Path) -> list[str]:
+    """The markdown list of the runs left out of the table, and of every failed.txt."""
+    listed = []
+    for run, st in zip(runs, status):
+        if st != "complete":
+            error = f"; failed: {failures[run['run_dir']]}" if st == "failed" else ""
+            listed.append(f"- `{_where(run['run_dir'], root)}`: {run['stream']} {run['model']} {run['approach']} "
+                          f"seed {run['seed']}, {run['tasks_done']} of {len(run['task_names'])} tasks{error}")
+    complete_dirs = {r["run_dir"] for r, st in zip(runs, status) if st == "complete"}
+    for run_dir, error in failures.items():
+        if run_dir in complete_dirs:
+            listed.append(f"- `{_where(run_dir, root)}`: complete (resumed after a failure); failed.txt: {error}")
+        elif run_dir not in {r["run_dir"] for r in runs}:
+            listed.append(f"- `{_where(run_dir, root)}`: no results.json; failed: {error}")
+    return sorted(listed)
+
+
+def _write(root: Path, out: Path) -> tuple[Path, str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise CLError(f"{root} is not a directory")
+    runs, failures = collect(root), failed_runs(root)
+    if not runs and not failures:
+        raise CLError(f"no {RESULTS_FILE} below {root}: nothing to report (give a run dir or a sweep dir)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(runs)
+    status = [_status(r, failures) for r in runs]
+    with_results = {r["run_dir"] for r in runs}
+    n_failed = status.count("failed") + sum(d not in with_results for d in failures)
+    summary = (f"{len(runs) + len(failures.keys() - with_results)} runs ({status.count('complete')} complete, "
+               f"{status.count('incomplete')} incomplete, {n_failed} failed) in {len(rows)} groups")
+
+    lines = [f"# Report: {root}", "", f"{summary}.", "",
+             "Per (stream, model, approach, T) over the complete runs: mean ± 95 % confidence-interval half-width "
+             "over seeds, t₀.₉₇₅,ₙ₋₁ · s / √n (Student t, s the sample standard deviation); with n = 1 the value "
+             "alone. BWT divides by T − 1 (GEM), FWT is against the random initialisation, forgetting is positive "
+             "when forgotten (docs/metrics.md). Wall-clock: `time_s.total`. CL state: the bytes the approach keeps "
+             "between tasks, after the last task.", ""]
+    for rl in (False, True):
+        subset = [row for row in rows if (row["unit"] == "ratio") == rl]
+        if subset:
+            lines += ["## Continual RL" if rl else "## Results", "", *_table(subset, rl), ""]
+            if rl:
+                lines += ["¹ Normalized returns as plain ratios (not ×100): a game's return ÷ its return just after "
+                          "its own training; ACC 1 = as good as just after training, BWT −1 = all forgotten.", ""]
+    lines += ["## Incomplete and failed runs", "", "Not averaged in.", "",
+              *(_unfinished(runs, status, failures, root) or ["None."])]
+    figures = _figures(runs, out)
+    lines += ["", "## Figures", "", *[f"- [{name}]({name})" for name in figures]]
+    path = out / "report.md"
+    atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(out / "report.csv", _csv(rows))
+    return path, f"{summary} → {path}"
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = [*GROUP, "n_seeds", "seeds", "unit"] + [f"{s}_{x}" for s in STATS for x in ("mean", "ci95", "n")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "seeds": " ".join(str(s) for s in row["seeds"])})
+    return buf.getvalue()
+
+
+def write_report(root: Path, out: Path) -> Path:
+    """report.md, report.csv and the figures of every run below `root`, into `out`; returns report.md's path."""
+    return _write(root, out)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cl.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path, help="a run dir or a sweep dir (searched recursively)")
+    parser.add_argument("--out", type=Path, help="where to write (default: <dir>/report)")
+    args = parser.parse_args(argv)
+    try:
+        _, summary = _write(args.dir, args.out or args.dir / "report")
+    except CLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
