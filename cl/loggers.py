@@ -124,3 +124,37 @@ def wandb_logger(resume: bool = False, **kwargs):
 def _netrc_has_wandb() -> bool:
     path = os.path.expanduser("~/.netrc")
     return os.path.exists(path) and "api.wandb.ai" in open(path).read()
+
+
+def log_run_to_wandb(loggers: list, results: dict, run_dir: Path, images: list[str], videos: list[Path] = ()):
+    """W&B's view of a finished run: the final metrics as its summary, the accuracy matrix as a table, the plots as
+    images, GIFs as videos, results.json and the final checkpoint as artifacts. results.json is also saved among the
+    run's files, where `python -m cl.report` finds it in a W&B export."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from cl.checkpointing import task_checkpoint
+
+    for lg in loggers:
+        if not isinstance(lg, WandbLogger):
+            continue
+        import wandb
+
+        run = lg.experiment
+        run.summary.update({f"cl/{k}": v for k, v in results["metrics"].items() if v is not None})
+        names = results["task_names"]
+        run.log({"acc_matrix_table": wandb.Table(columns=["after_task", *names],
+                                                 data=[[n, *row] for n, row in zip(names, results["acc_matrix"])])})
+        for name in images:
+            if (run_dir / name).exists():
+                lg.log_image(Path(name).stem, [str(run_dir / name)])
+        if videos:
+            run.log({f"gifs/{p.stem}": wandb.Video(str(p), format="gif") for p in videos})
+        artifact = wandb.Artifact(f"results-{run.id}", type="results")
+        artifact.add_file(str(run_dir / "results.json"))
+        run.log_artifact(artifact)
+        checkpoint = task_checkpoint(run_dir, results["tasks_done"] - 1)
+        if checkpoint.exists():
+            model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"tasks_done": results["tasks_done"]})
+            model.add_file(str(checkpoint))
+            run.log_artifact(model)
+        run.save(str(run_dir / "results.json"), base_path=str(run_dir), policy="now")

@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from cl.approaches.base import ContinualApproach
@@ -19,6 +19,7 @@ from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, con
                               read_resume_point, remove_quietly, task_checkpoint)
 from cl.config_check import PIPELINE_STREAM_OPTIONS, check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
+from cl.loggers import log_run_to_wandb
 from cl.results import build_results, format_table, read_results, write_figures, write_results
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer
@@ -53,7 +54,7 @@ def instantiate_all(section: DictConfig | None) -> list:
 
 def config_dict(cfg: DictConfig) -> dict:
     """The resolved experiment config as plain data (without Hydra's own node, which tests compose in)."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], (DictConfig, ListConfig)) else cfg[k]
             for k in cfg if k != "hydra"}
 
 
@@ -149,7 +150,7 @@ class TaskLoop:
             raise
         self.write_figures()
         say(f"\n{format_table(self.results)}\nresults: {run_dir / 'results.json'}")
-        log_run_end(self.loggers, self.results, run_dir)
+        log_run_end(self.loggers, self.results, run_dir, ["acc_matrix.png", *self.approach.figure_files()])
         close_loggers(self.loggers, "success")
         return self.results
 
@@ -310,14 +311,8 @@ def close_loggers(loggers: list, status: str):
 
 
 @rank_zero_only
-def log_run_end(loggers: list, results: dict, run_dir: Path):
-    """W&B also gets the final metrics as the run summary and the accuracy heatmap as an image."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    for lg in loggers:
-        if isinstance(lg, WandbLogger):
-            lg.experiment.summary.update({f"cl/{k}": v for k, v in results["metrics"].items()})
-            lg.log_image("acc_matrix", [str(run_dir / "acc_matrix.png")])
+def log_run_end(loggers: list, results: dict, run_dir: Path, images: list[str]):
+    log_run_to_wandb(loggers, results, run_dir, images)
 
 
 @rank_zero_only

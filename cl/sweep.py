@@ -36,6 +36,14 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def sweep_group(default: str) -> str:
+    """A run's W&B group: its sweep (the sweep dir's name) for a sweep's job, else `default`."""
+    return Path(HydraConfig.get().sweep.dir).name if in_multirun() else default
+
+
+OmegaConf.register_new_resolver("cl_sweep_group", sweep_group, replace=True)
+
+
 def saved_progress(run_dir: Path) -> dict | None:
     """The job's results.json, if it has one that can be read."""
     try:

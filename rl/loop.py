@@ -27,6 +27,7 @@ from tqdm import tqdm
 from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint
 from cl.config_check import check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
+from cl.loggers import log_run_to_wandb
 from cl.pipeline import close_loggers, config_dict, instantiate_all, say, task_seed
 from cl.results import atomic_write, build_results, read_results, write_results
 from rl.approaches import RLApproach
@@ -320,20 +321,9 @@ class RLLoop:
 
     @rank_zero_only
     def log_media(self):
-        """W&B gets the final metrics as the run summary, the plots as images and the GIF matrix as videos."""
-        from pytorch_lightning.loggers import WandbLogger
-
-        for lg in self.loggers:
-            if not isinstance(lg, WandbLogger):
-                continue
-            import wandb
-
-            lg.experiment.summary.update({f"cl/{k}": v for k, v in self.results["metrics"].items() if v is not None})
-            for name in (RETURNS_PLOT, "acc_matrix.png"):
-                if (self.run_dir / name).exists():
-                    lg.log_image(name.split(".")[0], [str(self.run_dir / name)])
-            lg.experiment.log({f"gifs/{p.stem}": wandb.Video(str(p), format="gif")
-                               for p in sorted((self.run_dir / GIF_DIR).glob("*.gif"))})
+        """W&B: as a supervised run's (cl/loggers.py), with the GIF matrix as videos."""
+        log_run_to_wandb(self.loggers, self.results, self.run_dir, [RETURNS_PLOT, "acc_matrix.png"],
+                         sorted((self.run_dir / GIF_DIR).glob("*.gif")))
 
     def table(self, results: dict) -> str:
         names = results["task_names"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def test_an_optuna_search_tunes_on_validation_runs(tmp_path):
     assert "approach.lamb" in best and "best_value" in best
     runs = [json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")]
     assert len(runs) == 2 and all(r["protocol"] == "validation" and len(r["task_names"]) == 3 for r in runs)
+
+
+def wandb_records(run_dir: Path) -> bytes:
+    """The offline W&B run's record file (binary; names, tags and groups appear in it as plain text)."""
+    return next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+
+
+def test_a_sweep_logs_one_wandb_run_per_job_grouped_and_tagged_with_its_files(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", "approach=blip", "seed=0,1", "debug=default", "logger=wandb", f"hydra.sweep.dir={sweep}"],
+                   env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_API_KEY": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    for seed, job in enumerate(job_dirs(sweep)):
+        records = wandb_records(job)
+        for text in (sweep.name, "stream:digits5", "model:mlp", "approach:blip", f"seed:{seed}"):
+            assert text.encode() in records, text  # grouped by the sweep, tagged
+        run_id = (job / "wandb" / "run_id").read_text().strip()
+        assert f"results-{run_id}".encode() in records and f"model-{run_id}".encode() in records  # artifacts
+        files = next((job / "wandb").glob("offline-run-*/files"))
+        assert (files / "results.json").read_text() == (job / "results.json").read_text()
+        assert list((files / "media" / "table").glob("acc_matrix_table_*.table.json"))
+        images = {p.name.split("_")[0] for p in (files / "media" / "images").glob("*.png")}
+        assert {"acc", "bits"} <= images  # the heatmap and BLIP's bits per layer
+
+    # the W&B files alone (an export) give cl.report the same table as the run dirs
+    from cl.report import collect, summarize
+
+    export = tmp_path / "export"
+    for i, job in enumerate(job_dirs(sweep)):
+        shutil.copytree(job / "wandb", export / str(i))
+    rows = summarize(collect(export))
+    assert rows == summarize(collect(sweep)) and rows[0]["n_seeds"] == 2

@@ -194,6 +194,10 @@ class ContinualApproach(pl.LightningModule):
     def approach_info(self) -> dict:
         return {}
 
+    def figure_files(self) -> list[str]:
+        """The files `write_figures` writes into the run dir (logged to W&B as images)."""
+        return []
+
     def write_figures(self, run_dir) -> None:
         """Approach-specific plots, drawn once when the run ends or is interrupted (e.g. BLIP's bits.png)."""
 

@@ -75,6 +75,9 @@ class BLIP(ContinualApproach):
         layers = ", ".join(f"{self.layer_labels[k]}: {100 * v:.2f}%" for k, v in per_layer.items())
         log.info("task %d: BLIP capacity used %.2f%% (%s)", t + 1, 100 * capacity, layers)
 
+    def figure_files(self) -> list[str]:
+        return [BITS_PLOT]
+
     def write_figures(self, run_dir):
         if self.bit_history:
             labelled = [{self.layer_labels[k]: v for k, v in hist.items()} for hist in self.bit_history]
