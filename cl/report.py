@@ -237,8 +237,8 @@ def _layer_capacity(info: dict) -> dict[str, float]:
 
 
 def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
-    """Final capacity per layer (mean over seeds, 95 % CI bars) of the BLIP groups of one stream and model.
-    results.json keeps only the capacity after the last task (the per-task history is in the checkpoints)."""
+    """BLIP's capacity curve (capacity used after each task, mean over seeds with a 95 % CI band) beside its final
+    capacity per layer (bars with 95 % CI), for the BLIP groups of one stream and model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,21 +246,38 @@ def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
 
     (stream, model, _, _), first = next(iter(groups.items()))
     layers = list(_layer_capacity(first[0]["approach_info"]))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(layers) + 2), 4.5), dpi=100)
+    fig, (curve, bars) = plt.subplots(1, 2, figsize=(max(10.0, 1.2 * len(layers) + 7), 4.5), dpi=100,
+                                      gridspec_kw={"width_ratios": [1, max(1.0, len(layers) / 4)]})
     width = 0.8 / len(groups)
     for i, ((_, _, approach, T), group) in enumerate(groups.items()):
+        histories = [r["approach_info"].get("capacity_per_task") for r in group]
+        if all(histories) and len({len(h) for h in histories}) == 1:
+            stats = [mean_ci([100 * h[t] for h in histories]) for t in range(len(histories[0]))]
+            x = np.arange(1, len(stats) + 1)
+            mean = np.array([m for m, _, _ in stats])
+            ci = np.array([0.0 if c is None else c for _, c, _ in stats])
+            curve.plot(x, mean, marker="o", label=f"{approach}, T={T} (n={len(group)})")
+            curve.fill_between(x, mean - ci, mean + ci, alpha=0.2)
         per_layer = [mean_ci([100 * _layer_capacity(r["approach_info"]).get(layer, np.nan) for r in group])
                      for layer in layers]
         overall = mean_ci([100 * r["approach_info"]["capacity"] for r in group])[0]
-        ax.bar(np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width,
-               [np.nan if m is None else m for m, _, _ in per_layer], width,
-               yerr=[0 if c is None else c for _, c, _ in per_layer], capsize=3,
-               label=f"{approach}, T={T}: {overall:.1f}% overall (n={len(group)})")
-    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("capacity used (% of the layer's bits)")
-    ax.set_title(f"{stream}, {model}: BLIP's final capacity per layer, after the last task\n"
-                 "(mean over seeds, bars: 95 % CI)", fontsize=9)
-    ax.legend(fontsize=8)
+        bars.bar(np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width,
+                 [np.nan if m is None else m for m, _, _ in per_layer], width,
+                 yerr=[0 if c is None else c for _, c, _ in per_layer], capsize=3,
+                 label=f"{approach}, T={T}: {overall:.1f}% overall (n={len(group)})")
+    curve.set_xlabel("after task")
+    curve.set_ylabel("capacity used (% of the trunk's bits)")
+    curve.set_title("capacity after each task (band: 95 % CI)", fontsize=9)
+    curve.xaxis.get_major_locator().set_params(integer=True)
+    curve.grid(alpha=0.3)
+    if curve.lines:
+        curve.legend(fontsize=8)
+    bars.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    bars.set_ylabel("capacity used (% of the layer's bits)")
+    bars.set_title("per layer, after the last task (bars: 95 % CI)", fontsize=9)
+    bars.legend(fontsize=8)
+    fig.suptitle(f"{stream}, {model}: BLIP's capacity (mean over seeds)", fontsize=10)
+    fig.tight_layout()
     return _png(fig)
 
 

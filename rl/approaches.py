@@ -93,6 +93,7 @@ class BLIP(RLApproach):
         self.settings = QuantSettings(F_prior, max_bit, bound_scale, init, prior_fan)
         self.fisher_minibatches = fisher_minibatches
         self.quantizer: TrunkQuantizer | None = None
+        self.register_buffer("capacity_history", torch.zeros(0))  # capacity after each finished game (checkpointed)
 
     def attach(self, agent: ActorCritic) -> None:
         self.quantizer = TrunkQuantizer(agent.trunk, self.settings)
@@ -110,10 +111,17 @@ class BLIP(RLApproach):
         sums, count, size = policy_fisher_sums(agent, t, states, self.fisher_minibatches)
         self.quantizer.freeze(official_scale_fisher(sums, count, size), t)
         self.quantizer.drop_box()
+        self.capacity_history = torch.cat([self.capacity_history.cpu(), torch.tensor([self.quantizer.capacity()])])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        history = state_dict.get(prefix + "capacity_history")
+        if history is not None:  # one entry per finished game: take the saved length
+            self.capacity_history = torch.zeros_like(history)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def info(self) -> dict:
         per_layer = self.quantizer.capacity_per_layer()
-        return {"capacity": self.quantizer.capacity(),
+        return {"capacity": self.quantizer.capacity(), "capacity_per_task": self.capacity_history.tolist(),
                 "capacity_per_layer": {self.labels[k]: v for k, v in per_layer.items()}}
 
 

@@ -1,6 +1,7 @@
 """Shared test helpers: compose the project's Hydra config and run the real pipeline in a temp run dir."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ APPROACH_NEEDS = {"icarl": ["model.head=shared"]}
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config `python train.py <overrides>` would get, with its run dir at `run_dir`."""
-    import cl.sweep  # noqa: F401 -- the config's resolvers, which train.py registers by importing it
+    importlib.import_module("cl.sweep")  # registers the config's resolvers, as train.py's import of it does
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir}"], return_hydra_config=True)

@@ -132,7 +132,7 @@ def test_plots_exist_and_are_pngs(tmp_path):
             "fc2 100→10": {"module": "fc2", "capacity": 0.5, "mean_bits": 10.0, "histogram": [2, 1]}}
     for seed in (0, 1):
         write_run(tmp_path / f"blip{seed}", approach="blip", seed=seed,
-                  approach_info={"capacity": 0.3, "bits_per_layer": bits})
+                  approach_info={"capacity": 0.3, "capacity_per_task": [0.1, 0.2, 0.3], "bits_per_layer": bits})
         write_run(tmp_path / f"sgd{seed}", seed=seed)
     write_run(tmp_path / "rl", stream="minatar3", model="minatar_cnn", approach="blip", rl=True,
               approach_info={"capacity": 0.4, "capacity_per_layer": {"conv1": 0.8, "fc1": 0.3}})

@@ -86,8 +86,12 @@ class BLIP(ContinualApproach):
     def approach_info(self) -> dict:
         per_layer = self.quantizer.capacity_per_layer()
         hist = self.quantizer.bit_histograms()
+        max_bit = self.quantizer.settings.max_bit
         return {
             "capacity": self.quantizer.capacity(),
+            # after each finished task, from its histograms: Σ bits ÷ (max_bit × parameters)
+            "capacity_per_task": [sum(b * c for h in hist.values() for b, c in enumerate(h)) /
+                                  (max_bit * sum(sum(h) for h in hist.values())) for hist in self.bit_history],
             "bits_per_layer": {self.layer_labels[layer]: {
                 "module": layer, "capacity": per_layer[layer],
                 "mean_bits": sum(b * c for b, c in enumerate(hist[layer])) / sum(hist[layer]),
