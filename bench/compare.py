@@ -45,6 +45,12 @@ MAS_DEMO = {"accumulation (`experiment=mas_mnist_demo`)": ("mas_mnist_demo", 0.0
 COMMON = ["model=mlp", "model.head=multi", "callbacks=default", "logger=csv"]
 
 
+def same_experiment(saved: dict, current: dict) -> bool:
+    """The saved run's config is the current one; options added to the project after the run was saved count as
+    their defaults, which keep the old behaviour."""
+    return set(saved) <= set(current) and all(current[k] == v for k, v in saved.items())
+
+
 def run(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     """The run's results; a complete run of the same config already in run_dir is reused (an interrupted bench goes
     on where it stopped; delete --out to measure everything again)."""
@@ -52,7 +58,7 @@ def run(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     done = run_dir / "results.json"
     if done.exists():
         previous = json.loads(done.read_text())
-        if previous.get("complete") and previous.get("config") == config_dict(cfg):
+        if previous.get("complete") and same_experiment(previous.get("config") or {}, config_dict(cfg)):
             return previous
     shutil.rmtree(run_dir, ignore_errors=True)
     return run_config(cfg)

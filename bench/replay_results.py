@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import mean_std, run  # noqa: E402
+from bench.compare import run  # noqa: E402
 from bench.report import publish  # noqa: E402
+from cl.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.errors import TrainingError  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
@@ -56,7 +57,6 @@ PROTOCOLS = {
            for name, extra in (("er", []), ("agem", []), ("gem", []))},
     },
 }
-METRICS = (("acc", "ACC %"), ("bwt", "BWT pp"), ("fwt", "FWT pp"), ("forgetting", "forgetting pp"), ("la", "LA %"))
 
 
 def main():
@@ -70,31 +70,25 @@ def main():
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     sections = []
     for protocol, approaches in PROTOCOLS.items():
-        rows = ["| approach | " + " | ".join(label for _, label in METRICS) + " | wall s |",
-                "|---" * (len(METRICS) + 2) + "|"]
+        protocol_dir = args.out / protocol.split()[0].lower() / protocol.split()[1]
+        stopped = []
         for name, overrides in approaches.items():
-            runs, stopped = [], None
             for seed in range(args.seeds):
-                run_dir = args.out / protocol.split()[0].lower() / protocol.split()[1] / name / f"seed{seed}"
                 try:
-                    results = run([*overrides, *COMMON, f"seed={seed}"], run_dir, args.data_dir.resolve())
+                    results = run([*overrides, *COMMON, f"seed={seed}"], protocol_dir / name / f"seed{seed}",
+                                  args.data_dir.resolve())
                 except TrainingError as error:  # e.g. the loss diverged at these settings
-                    stopped = f"seed {seed} stopped: {str(error).split(';')[0]}"
+                    stopped.append(f"- {name}: seed {seed} stopped: {str(error).split(';')[0]}")
                     break
                 print(f"[replay] {protocol} {name} seed {seed}: ACC {100 * results['metrics']['acc']:.2f} %, "
                       f"{results['time_s']['total']:.0f} s", flush=True)
-                runs.append(results)
-            if stopped:
-                rows.append(f"| {name} | {stopped} |" + " |" * len(METRICS))
-                continue
-            cells = [mean_std([r["metrics"][key] for r in runs], 100) for key, _ in METRICS]
-            rows.append(f"| {name} | " + " | ".join(cells) +
-                        f" | {mean_std([r['time_s']['total'] for r in runs], digits=1)} |")
-        sections.append(f"**{protocol}**\n\n" + "\n".join(rows))
+        table = markdown_tables(summarize(collect(protocol_dir)), heading=None)
+        sections.append(f"**{protocol}**\n\n" + "\n".join(table + stopped))
     publish(parser, args, "replay_results", f"""## The GEM and BCL protocols on real MNIST
 
-Mean ± std over {args.seeds} seeds (seed 0-{args.seeds - 1}). The settings of each row are in
-`bench/replay_results.py`; wall = `time_s.total` (CPU, evaluation of every test set after every task included).
+{args.seeds} seeds (seed 0-{args.seeds - 1}); each table is `python -m cl.report`'s over the protocol's runs (mean ±
+95 % CI over seeds; `single` runs as approach sgd). The settings of each row are in `bench/replay_results.py`;
+wall-clock = `time_s.total` (CPU, evaluation of every test set after every task included).
 
 """ + "\n\n".join(sections))
 

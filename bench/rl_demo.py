@@ -4,9 +4,10 @@ space_invaders → asterix, the recipe's steps per game), over seeds, two runs a
     python bench/rl_demo.py [--seeds 3] [--jobs 2] [--out outputs/bench_rl_demo]
 
 Each run is `python train.py experiment=rl_minatar_<approach> seed=<s>` as a user runs it; a complete run already in
---out is reused. Reported: mean ± sample std over seeds of the normalized ACC and BWT (returns ÷ each game's return
-after its own training; BWT ÷ (T−1)), the normalized return matrix averaged over seeds, and seed 0's returns.png and
-GIF matrix, copied to docs/figures/rl_demo/ by the canonical run."""
+--out is reused. Reported: cl.report's table over the runs (normalized ACC, BWT, FWT, forgetting, LA as mean ± 95 %
+CI over seeds; returns ÷ each game's return after its own training; BWT ÷ (T−1)), the final raw returns, the
+normalized return matrix averaged over seeds, and seed 0's returns.png and GIF matrix, copied to
+docs/figures/rl_demo/ by the canonical run."""
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import mean_std  # noqa: E402
 from bench.report import publish  # noqa: E402
+from cl.report import collect, markdown_tables, summarize  # noqa: E402
 
 RECIPES = {"blip": "rl_minatar_blip", "online_ewc": "rl_minatar_ewc", "finetune": "rl_minatar_ft",
            "ft_fix": "rl_minatar_ftfix"}
@@ -68,15 +69,11 @@ def main():
     by_approach = {a: [r for (name, _), r in zip(jobs, done) if name == a] for a in RECIPES}
     first = done[0]
     names, steps = first["task_names"], first["env_steps_per_task"]
-    summary = ["| approach | normalized ACC | normalized BWT | final raw returns (" + ", ".join(names) + ") |",
-               "|---|---|---|---|"]
     matrices = []
+    finals = ["| approach | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for approach, runs in by_approach.items():
-        acc = [r["metrics"]["acc"] for r in runs]
-        bwt = [r["metrics"]["bwt"] for r in runs]
         final = np.mean([r["return_matrix"][-1] for r in runs], axis=0)
-        summary.append(f"| {approach} | {mean_std(acc)} | {mean_std(bwt, digits=3)} | "
-                       f"{', '.join(f'{v:.1f}' for v in final)} |")
+        finals.append(f"| {approach} | " + " | ".join(f"{v:.1f}" for v in final) + " |")
         mean_matrix = np.mean([np.array(r["acc_matrix"], dtype=float) for r in runs], axis=0)
         matrices.append(f"**{approach}**\n\n{matrix_table(names, mean_matrix)}")
     figures = "\n".join(f"- {a}: [returns.png](figures/rl_demo/{a}_returns.png), "
@@ -84,12 +81,15 @@ def main():
     written = publish(p, args, "rl_demo", f"""## Continual RL on MinAtar: BLIP, online EWC, fine-tuning, FT-fix
 
 {' → '.join(names)}, {steps:,} environment steps per game, PPO (conf/ppo/minatar.yaml), {args.seeds} seeds
-(0–{args.seeds - 1}), mean ± sample std. Normalized return = greedy return (10 games) ÷ the game's return right after
+(0–{args.seeds - 1}); the table is `python -m cl.report {out.name}`'s (mean ± 95 % CI over seeds). Normalized return = greedy return (10 games) ÷ the game's return right after
 its own training, so ACC is the mean final normalized return and BWT = mean(final − just-trained) over the first
-T−1 games (0 = nothing forgotten, −1 = everything). Runs go two at a time, so their wall-clock is not reported here
-(bench/rl_throughput.py measures speed).
+T−1 games (0 = nothing forgotten, −1 = everything). The runs went two at a time beside other work: their
+wall-clock is no speed measurement (bench/rl_throughput.py measures speed).
 
-{chr(10).join(summary)}
+{chr(10).join(markdown_tables(summarize(collect(out)), heading="###"))}
+Final raw returns, mean over seeds:
+
+{chr(10).join(finals)}
 
 Normalized return matrix, mean over seeds (rows: after training game, columns: game played):
 

@@ -165,6 +165,22 @@ def _table(rows: list[dict], rl: bool) -> list[str]:
     return lines
 
 
+def markdown_tables(rows: list[dict], heading: str | None = "##") -> list[str]:
+    """The report's tables of `summarize` rows (supervised, then continual RL), as markdown lines, each under a
+    `heading`-level title (None: no titles); the benchmarks publish theirs with it."""
+    lines = []
+    for rl in (False, True):
+        subset = [row for row in rows if (row["unit"] == "ratio") == rl]
+        if subset:
+            if heading:
+                lines += [f"{heading} Continual RL" if rl else f"{heading} Results", ""]
+            lines += [*_table(subset, rl), ""]
+            if rl:
+                lines += ["¹ Normalized returns as plain ratios (not ×100): a game's return ÷ its return just after "
+                          "its own training; ACC 1 = as good as just after training, BWT −1 = all forgotten.", ""]
+    return lines
+
+
 def _slug(*parts) -> str:
     return "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts)
 
@@ -356,13 +372,7 @@ def _write(root: Path, out: Path) -> tuple[Path, str]:
              "alone. BWT divides by T − 1 (GEM), FWT is against the random initialisation, forgetting is positive "
              "when forgotten (docs/metrics.md). Wall-clock: `time_s.total`. CL state: the bytes the approach keeps "
              "between tasks, after the last task.", ""]
-    for rl in (False, True):
-        subset = [row for row in rows if (row["unit"] == "ratio") == rl]
-        if subset:
-            lines += ["## Continual RL" if rl else "## Results", "", *_table(subset, rl), ""]
-            if rl:
-                lines += ["¹ Normalized returns as plain ratios (not ×100): a game's return ÷ its return just after "
-                          "its own training; ACC 1 = as good as just after training, BWT −1 = all forgotten.", ""]
+    lines += markdown_tables(rows)
     lines += ["## Incomplete and failed runs", "", "Not averaged in.", "",
               *(_unfinished(runs, status, failures, root) or ["None."])]
     figures = _figures(runs, out)
