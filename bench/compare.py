@@ -2,7 +2,7 @@
 
     python bench/compare.py [--seeds 3] [--data-dir ../shared/data] [--out outputs/bench_compare] [--part ...]
 
-Part `approaches`: every conf/approach/*.yaml with its own defaults (λ, c, T, …) on one common training protocol
+Part `approaches`: every conf/approach/*.yaml but the online replay ones (bench/replay_results.py) with its own defaults (λ, c, T, …) on one common training protocol
 (the shared optimizer defaults: SGD lr 0.01, batch 64, no momentum; MLP 784-1200; fixed epochs):
   - mnist5: split MNIST, 5 tasks of 2 digits, one 2-way head per task (BLIP's protocol), 3 epochs per task;
   - pmnist (shortened): 5 permuted-MNIST tasks of 10,000 training images (10 % held out) and one shared 10-way head
@@ -11,8 +11,8 @@ Part `approaches`: every conf/approach/*.yaml with its own defaults (λ, c, T, �
 Part `mas_demo`: experiment=mas_mnist_demo (Ω accumulation) and mas_mnist_demo_sequence, as the recipes say.
 
 Each run goes through the real pipeline (a Lightning Trainer per task) and leaves its run dir under --out; the tables
-give mean ± sample std over the seeds of what its results.json holds: ACC, BWT, forgetting, wall-clock (`time_s.total`)
-and CL-state bytes after the last task (`memory.cl_state_bytes`).
+are cl.report's over those run dirs: mean ± 95 % CI over the seeds of ACC, BWT, FWT, forgetting, LA, wall-clock
+(`time_s.total`) and CL-state bytes after the last task (`memory.cl_state_bytes`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
 from cl.errors import ConfigError, TrainingError  # noqa: E402
+from cl.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.pipeline import config_dict  # noqa: E402
 from cl.pipeline import run as run_config  # noqa: E402
 from tests.conftest import SHARED_DATA, compose_config, config_options  # noqa: E402
 
-APPROACHES = config_options("approach")
+# the online replay approaches (batch 10, one epoch, memories) have their own protocols: bench/replay_results.py
+ONLINE_REPLAY = ("agem", "bcl_dual", "bcl_single", "er", "ftml", "gem", "icarl")
+APPROACHES = [a for a in config_options("approach") if a not in ONLINE_REPLAY]
 STREAMS = {
     "mnist5": ["stream=mnist5", "trainer.max_epochs=3"],
     "pmnist (5 × 10k, shared head)": ["stream=pmnist", "stream.n_tasks=5", "stream.train_per_task=10000",
@@ -64,79 +66,58 @@ def run(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     return run_config(cfg)
 
 
-def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    mean = statistics.fmean(values) * scale
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def size(n_bytes: float) -> str:
-    for unit, factor in (("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= factor:
-            return f"{n_bytes / factor:.1f} {unit}"
-    return f"{n_bytes:.0f} B"
-
-
 def approaches_part(seeds: int, data_dir: Path, out: Path) -> str:
     sections = []
     for stream, stream_overrides in STREAMS.items():
-        rows = ["| approach | ACC % | BWT pp | forgetting pp | wall s | CL state |", "|---|---|---|---|---|---|"]
+        stream_dir = out / "approaches" / stream.split()[0]
+        notes = []
         for approach in APPROACHES:
-            runs, no_result = [], None
             for seed in range(seeds):
-                run_dir = out / "approaches" / stream.split()[0] / approach / f"seed{seed}"
                 t0 = time.perf_counter()
                 try:
-                    results = run([*COMMON, *stream_overrides, f"approach={approach}", f"seed={seed}"], run_dir,
-                                  data_dir)
+                    results = run([*COMMON, *stream_overrides, f"approach={approach}", f"seed={seed}"],
+                                  stream_dir / approach / f"seed{seed}", data_dir)
                 except ConfigError as error:  # an impossible combination, refused before training
-                    no_result = f"refused: {str(error).split(';')[0]}"
+                    notes.append(f"- {approach}: refused: {str(error).split(';')[0]}")
                     break
                 except TrainingError as error:  # e.g. the loss diverged at these defaults
-                    no_result = f"seed {seed} stopped: {str(error).split(';')[0]}"
+                    notes.append(f"- {approach}: seed {seed} stopped: {str(error).split(';')[0]}")
                     break
                 m = results["metrics"]
                 print(f"[compare] {stream} {approach} seed {seed}: ACC {100 * m['acc']:.2f} %, BWT "
                       f"{100 * m['bwt']:+.2f} pp, {time.perf_counter() - t0:.1f} s", flush=True)
-                runs.append(results)
-            if no_result:
-                rows.append(f"| {approach} | {no_result} | | | | |")
-                continue
-            metric = lambda key: [r["metrics"][key] for r in runs]  # noqa: E731
-            state = statistics.fmean(r["memory"]["cl_state_bytes"][-1] for r in runs)
-            rows.append(f"| {approach} | {mean_std(metric('acc'), 100)} | {mean_std(metric('bwt'), 100)} | "
-                        f"{mean_std(metric('forgetting'), 100)} | "
-                        f"{mean_std([r['time_s']['total'] for r in runs], digits=1)} | {size(state)} |")
-        sections.append(f"**{stream}** ({' '.join(stream_overrides)})\n\n" + "\n".join(rows))
+        table = markdown_tables(summarize(collect(stream_dir)), heading=None)
+        sections.append(f"**{stream}** ({' '.join(stream_overrides)})\n\n" + "\n".join(table + notes))
     return "\n\n".join(sections)
 
 
 def mas_demo_part(seeds: int, data_dir: Path, out: Path) -> str:
-    rows = ["| regime | ACC % | average forgetting pp | published (demo) pp | wall s |", "|---|---|---|---|---|"]
+    sections, published_rows = [], ["| regime | average forgetting pp (= −BWT) | published (demo) pp |", "|---|---|---|"]
     for regime, (experiment, published) in MAS_DEMO.items():
-        runs = []
         for seed in range(seeds):
             results = run([f"experiment={experiment}", f"seed={seed}"], out / "mas_demo" / experiment / f"seed{seed}",
                           data_dir)
             print(f"[compare] {experiment} seed {seed}: ACC {100 * results['metrics']['acc']:.2f} %, forgetting "
                   f"{-100 * results['metrics']['bwt']:.3f} pp", flush=True)
-            runs.append(results)
+        rows = summarize(collect(out / "mas_demo" / experiment))
+        sections.append(f"**{regime}**\n\n" + "\n".join(markdown_tables(rows, heading=None)))
         # the demo's forgetting of a task: its accuracy right after training it minus after the last task, i.e. −BWT
-        rows.append(f"| {regime} | {mean_std([r['metrics']['acc'] for r in runs], 100)} | "
-                    f"{mean_std([-r['metrics']['bwt'] for r in runs], 100, 3)} | {published} | "
-                    f"{mean_std([r['time_s']['total'] for r in runs], digits=1)} |")
-    return "\n".join(rows)
+        bwt, ci = rows[0]["bwt_mean"], rows[0]["bwt_ci95"]
+        published_rows.append(f"| {regime} | {-bwt:.3f}" + ("" if ci is None else f" ± {ci:.3f}") +
+                              f" | {published} |")
+    return "\n\n".join(sections + ["\n".join(published_rows)])
 
 
 PARTS = {"approaches": approaches_part, "mas_demo": mas_demo_part}
 INTROS = {
     "approaches": (
         "### Every approach on split MNIST and a shortened permuted MNIST\n\n"
-        "Each approach with its own `conf/approach` defaults on one common protocol: MLP 784-1200, SGD lr 0.01, "
+        "Each approach but the online replay ones (their protocols: `bench/replay_results.py`) with its own "
+        "`conf/approach` defaults on one common protocol: MLP 784-1200, SGD lr 0.01, "
         "batch 64, fixed epochs per task (no patience schedule); split MNIST with a 2-way head per task (BLIP's "
-        "protocol), permuted MNIST with one shared 10-way head (the EWC and GEM papers' protocol). Mean ± std over {seeds} seeds; "
-        "wall = `time_s.total` of the run (CPU); CL state = `memory.cl_state_bytes` after the last task. Run dirs: "
+        "protocol), permuted MNIST with one shared 10-way head (the EWC and GEM papers' protocol). Each table is "
+        "`python -m cl.report`'s over the stream's run dirs: mean ± 95 % CI over {seeds} seeds; wall-clock = "
+        "`time_s.total` of the run (CPU); CL state = `memory.cl_state_bytes` after the last task. Run dirs: "
         "`{out}/approaches/`.\n\n"
         "These are short runs (3 and 2 epochs per task), not the papers' protocols: the papers train each task to "
         "convergence with a validation-driven schedule (BLIP and HAT up to 200 epochs, lr 0.05 for HAT) and tune "
