@@ -132,6 +132,9 @@ class TaskLoop:
         # protocol=validation (hyperparameter search) scores the validation splits: no test split is ever read
         split = "valid" if cfg.get("protocol") == "validation" else "test"
         self.test_sources = [self.data.source(j, split).head(limit) for j in range(len(self.stream))]
+        if split == "valid" and cfg.stream.get("valid_from_train"):
+            raise ConfigError("protocol=validation scores held-out validation splits, but stream.valid_from_train=true "
+                              "makes them copies of the training sets: set stream.valid_from_train=false")
         if split == "valid" and not all(len(s.y) for s in self.test_sources):
             raise ConfigError("protocol=validation scores the tasks' validation splits, but this stream has none "
                               "(stream.pc_valid=0): set stream.pc_valid > 0")

@@ -104,9 +104,11 @@ def test_the_validation_protocol_never_reads_a_test_split(tmp_path, monkeypatch)
     assert any(split == "test" for _, split in read)
 
 
-def test_the_validation_protocol_needs_validation_splits(tmp_path):
-    with pytest.raises(ConfigError, match="stream.pc_valid > 0"):
-        run_pipeline(["protocol=validation", "stream.pc_valid=0", "debug=default"], tmp_path)
+@pytest.mark.parametrize("override,says", [("stream.pc_valid=0", "stream.pc_valid > 0"),
+                                           ("stream.valid_from_train=true", "stream.valid_from_train=false")])
+def test_the_validation_protocol_needs_held_out_validation_splits(override, says, tmp_path):
+    with pytest.raises(ConfigError, match=says):
+        run_pipeline(["protocol=validation", override, "debug=default"], tmp_path)
 
 
 def test_an_optuna_search_tunes_on_validation_runs(tmp_path):
