@@ -10,8 +10,8 @@ from omegaconf import DictConfig, open_dict
 
 from cl.errors import RunInterrupted, first_cl_error
 from cl.options import check_options
-from cl.run_dir import FAILED_FILE, RunDirState, resume_command
-from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line, saved_progress
+from cl.run_dir import FAILED_FILE, RunDirState, resume_command, saved_results
+from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line
 
 
 def objective(results: dict | None) -> float:
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float:
         torch.set_num_threads(THREADS_PER_JOB)
     sweep_job = in_multirun()
     if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/sweep.py)
-        previous = saved_progress(run_dir)
+        previous = saved_results(run_dir)
         if previous and previous.get("complete"):
             print(f"skipped: {run_dir} is complete", flush=True)
             return objective(previous)

@@ -326,5 +326,6 @@ def log_task_end(loggers: list, results: dict, t: int, step: int):
     for key, value in results["approach_info"].items():
         if isinstance(value, (int, float)):
             metrics[f"approach/{key}"] = value
+    metrics = {k: v for k, v in metrics.items() if v is not None}  # an RL game not yet normalizable
     for lg in loggers:
         lg.log_metrics(metrics, step=step)

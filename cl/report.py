@@ -23,8 +23,8 @@ from scipy import stats
 
 from cl.errors import CLError
 from cl.metrics import acc
-from cl.results import RESULTS_FILE, acc_matrix_png, atomic_write
-from cl.run_dir import FAILED_FILE
+from cl.results import RESULTS_FILE, acc_matrix_png, atomic_write, figure_png
+from cl.run_dir import FAILED_FILE, recorded_failure
 
 REQUIRED = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "metrics", "time_s", "memory",
             "approach_info", "tasks_done", "complete"}
@@ -59,11 +59,7 @@ def collect(root: Path) -> list[dict]:
 
 def failed_runs(root: Path) -> dict[Path, str]:
     """Run dir → the error line of its failed.txt, for every failed.txt below `root`."""
-    failures = {}
-    for path in sorted(Path(root).rglob(FAILED_FILE)):
-        lines = path.read_text(errors="replace").strip().splitlines()
-        failures[path.parent] = lines[-1] if lines else "(empty failed.txt)"
-    return failures
+    return {path.parent: recorded_failure(path.parent) for path in sorted(Path(root).rglob(FAILED_FILE))}
 
 
 def is_rl(run: dict) -> bool:
@@ -185,16 +181,6 @@ def _slug(*parts) -> str:
     return "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts)
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt  # already on Agg: only the functions that made `fig` call this
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _mean_matrix(group: list[dict]) -> np.ndarray:
     """Entry-wise mean over seeds of the known entries (NaN where no seed knows it)."""
     stack = np.stack([matrix(r) for r in group])
@@ -241,7 +227,8 @@ def acc_curves_png(groups: dict[tuple, list[dict]]) -> bytes:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    fig.tight_layout()
+    return figure_png(fig)
 
 
 def _layer_capacity(info: dict) -> dict[str, float]:
@@ -294,7 +281,7 @@ def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
     bars.legend(fontsize=8)
     fig.suptitle(f"{stream}, {model}: BLIP's capacity (mean over seeds)", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _figures(runs: list[dict], out: Path) -> list[str]:

@@ -80,39 +80,54 @@ def read_results(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def acc_matrix_png(results: dict) -> bytes:
+def figure_png(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def matrix_png(R: np.ndarray, names: list[str], title: str, vmax: float, digits: int, label: str,
+               xlabel: str = "evaluated on task") -> bytes:
+    """The annotated heatmap of a T×T matrix (rows: after training task i; NaN cells left blank), colours from 0 to
+    `vmax`: the accuracy matrix (%) of a run, and the normalized return matrix of an RL run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    T = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * T, 0.8 + 0.6 * T), dpi=100)
+    im = ax.imshow(R, vmin=0, vmax=vmax, cmap="viridis")
+    for i in range(T):
+        for j in range(T):
+            if np.isfinite(R[i, j]):
+                ax.text(j, i, f"{R[i, j]:.{digits}f}", ha="center", va="center", fontsize=8,
+                        color="white" if R[i, j] < 0.6 * vmax else "black")
+    ax.set_xticks(range(T), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(T), names, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("after training task")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def acc_matrix_png(results: dict) -> bytes:
     names = results["task_names"]
     T = len(names)
     R = np.full((T, T), np.nan)
     for i, row in enumerate(results["acc_matrix"]):
         R[i] = row
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * T, 0.8 + 0.6 * T), dpi=100)
-    im = ax.imshow(100 * R, vmin=0, vmax=100, cmap="viridis")
-    for i in range(T):
-        for j in range(T):
-            if not np.isnan(R[i, j]):
-                ax.text(j, i, f"{100 * R[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if R[i, j] < 0.6 else "black")
-    ax.set_xticks(range(T), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(T), names, fontsize=8)
-    ax.set_xlabel("evaluated on task")
-    ax.set_ylabel("after training task")
     m = results["metrics"]
     title = f"{results['approach']} on {results['stream']}"
     if m:
         title += f"\nACC {100 * m['acc']:.2f}%  BWT {100 * m['bwt']:+.2f} pp"
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy (%)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return matrix_png(100 * R, names, title, vmax=100, digits=1, label="accuracy (%)")
 
 
 def format_table(results: dict, width: int | None = None) -> str:

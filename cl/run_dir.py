@@ -14,6 +14,23 @@ FAILED_FILE = "failed.txt"
 HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
 
 
+def saved_results(run_dir: Path) -> dict | None:
+    """The run dir's results.json, when it has one that can be read."""
+    try:
+        return json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_failure(run_dir: Path) -> str | None:
+    """The error line of the run dir's failed.txt, None when it has none."""
+    path = Path(run_dir) / FAILED_FILE
+    if not path.exists():
+        return None
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "(empty failed.txt)"
+
+
 class RunDirState:
     """The run dir's entries when the job started, so that a failure removes only what this run added."""
 
@@ -25,10 +42,7 @@ class RunDirState:
         checkpoints = self.run_dir / "checkpoints"
         if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
             return True
-        try:
-            return json.loads((self.run_dir / "results.json").read_text()).get("tasks_done", 0) > 0
-        except (OSError, ValueError):
-            return False
+        return (saved_results(self.run_dir) or {}).get("tasks_done", 0) > 0
 
     def settle_failure(self, error: str, keep: bool = False) -> str | None:
         """Clean up after a failed run; returns where the error was recorded, if the run dir was kept. `keep`: record

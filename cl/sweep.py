@@ -22,10 +22,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cl.run_dir import FAILED_FILE
+from cl.run_dir import recorded_failure, saved_results
 
 SUMMARY_FILE = "sweep_summary.json"
-RESULTS_FILE = "results.json"
 THREADS_PER_JOB = int(os.environ.get("CL_THREADS_PER_JOB", "1"))
 # hydra/launcher=local_parallel: as many jobs at once as the cores hold at CL_THREADS_PER_JOB torch threads each
 OmegaConf.register_new_resolver("cl_parallel_jobs", lambda: max(1, (os.cpu_count() or 1) // THREADS_PER_JOB),
@@ -42,14 +41,6 @@ def sweep_group(default: str) -> str:
 
 
 OmegaConf.register_new_resolver("cl_sweep_group", sweep_group, replace=True)
-
-
-def saved_progress(run_dir: Path) -> dict | None:
-    """The job's results.json, if it has one that can be read."""
-    try:
-        return json.loads((run_dir / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def pin_command_line(extra: list[str]) -> None:
@@ -86,11 +77,11 @@ def own_ranks():
 
 
 def job_status(run_dir: Path) -> dict:
-    results = saved_progress(run_dir)
-    failed = run_dir / FAILED_FILE
+    results = saved_results(run_dir)
+    error = recorded_failure(run_dir)
     if results and results.get("complete"):
         status = "complete"
-    elif failed.exists():
+    elif error is not None:
         status = "failed"
     else:
         status = "incomplete"
@@ -98,7 +89,7 @@ def job_status(run_dir: Path) -> dict:
              "tasks_done": results.get("tasks_done", 0) if results else 0,
              "tasks": len(results["task_names"]) if results else None}
     if status == "failed":
-        entry["error"] = failed.read_text().strip().splitlines()[-1]
+        entry["error"] = error
     return entry
 
 

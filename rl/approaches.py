@@ -17,7 +17,7 @@ from torch import nn
 
 from cl.approaches.regularizer import FoldedQuadratic, QuadraticTerms
 from cl.blip.fisher import official_scale_fisher
-from cl.blip.quant import QuantSettings, TrunkQuantizer
+from cl.blip.quant import QuantSettings, TrunkQuantizer, quantized_layers
 from cl.errors import ConfigError
 from cl.models.network import layer_labels
 from cl.per_sample import gradient_statistics, sampled_label_nll
@@ -29,7 +29,7 @@ def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor,
     """Σ_i g_i² over the trunk's Linear/Conv2d parameters (names in the trunk), g_i the gradient of
     −log π_t(a_i|s_i) with a_i sampled from the policy itself, over `minibatches` equal minibatches of the states
     `obs` (the remainder dropped, as the official code). Returns (sums, samples, minibatch size)."""
-    layers = {name: m for name, m in agent.trunk.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    layers = dict(quantized_layers(agent.trunk))
     size = len(obs) // minibatches
     if size < 1:
         raise ConfigError(f"the Fisher needs at least fisher_minibatches={minibatches} states in the last rollout "

@@ -11,6 +11,7 @@ end of its own training, so ACC and BWT read as in classification; null until th
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import time
 from pathlib import Path
@@ -28,12 +29,14 @@ from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_pos
 from cl.config_check import check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
-from cl.pipeline import close_loggers, config_dict, instantiate_all, say, task_seed
+from cl.pipeline import (check_accelerator, close_loggers, config_dict, instantiate_all, log_task_end, say,
+                         task_seed)
 from cl.results import atomic_write, build_results, read_results, write_results
 from rl.approaches import RLApproach
 from rl.envs import GameStream
 from rl.evaluate import EvalSettings, evaluate
 from rl.network import ActorCritic
+from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png
 from rl.ppo import PPOSettings, UpdateStats, train_game
 
 log = logging.getLogger(__name__)
@@ -79,11 +82,8 @@ class RLLoop:
         if str(cfg.trainer.get("precision", "32")) not in ("32", "32-true"):
             raise ConfigError(f"continual RL trains in float32 (trainer.precision={cfg.trainer.precision}); "
                               f"set trainer.precision=32")
-        accelerator = cfg.trainer.get("accelerator", "cpu")
-        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible to torch {torch.__version__} "
-                              f"here; trainer=cpu runs on this machine")
-        self.fabric = Fabric(accelerator=accelerator, devices=1, precision="32-true")
+        check_accelerator(cfg)
+        self.fabric = Fabric(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, precision="32-true")
         self.device = self.fabric.device
         self.run_dir = Path(cfg.paths.output_dir)
         self.previous = read_results(self.run_dir) if cfg.resume else None
@@ -238,11 +238,8 @@ class RLLoop:
         t0 = time.perf_counter()
         self.times["io"].append(0.0)
         results = self.build_results()
-        metrics = {f"return/{n}": r for n, r in zip(self.names, row)}
-        metrics.update({f"cl/{k}": v for k, v in results["metrics"].items() if v is not None})
-        metrics["cl/tasks_done"] = t + 1
-        metrics.update({f"approach/{k}": v for k, v in results["approach_info"].items() if isinstance(v, float)})
-        self.log_metrics(metrics, step)
+        self.log_metrics({f"return/{n}": r for n, r in zip(self.names, row)}, step)
+        log_task_end(self.loggers, results, t, step)
         for lg in self.loggers:
             lg.save()
         self.save_checkpoint(t)
@@ -261,7 +258,8 @@ class RLLoop:
             memory={"params": sum(p.numel() for p in self.agent.parameters()), "cl_state_bytes": self.cl_state},
             approach_info=self.approach.info(), config=config_dict(self.cfg))
         results.update(metrics=without_nan(results["metrics"]),
-                       forgetting_per_task=without_nan(results["forgetting_per_task"]), return_matrix=self.raw_rows, random_init_return=self.random_init, curves=self.curves,
+                       forgetting_per_task=without_nan(results["forgetting_per_task"]), return_matrix=self.raw_rows,
+                       random_init_return=self.random_init, curves=self.curves,
                        env_steps_per_task=self.updates * self.ppo.batch,
                        normalization="acc_matrix = return ÷ the game's return after its own training")
         self.results = results
@@ -273,13 +271,10 @@ class RLLoop:
 
     @rank_zero_only
     def save_checkpoint(self, t: int):
-        path = task_checkpoint(self.run_dir, t)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
-                 LOG_POSITIONS: log_positions(self.loggers)}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        torch.save({"agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
+                    LOG_POSITIONS: log_positions(self.loggers)}, buf)
+        atomic_write(task_checkpoint(self.run_dir, t), buf.getvalue())
 
     def save_frames(self, t: int, j: int, frames: list[np.ndarray]):
         path = self.run_dir / GIF_DIR / f"frames_{t}_{j}.npz"
@@ -288,8 +283,6 @@ class RLLoop:
 
     @rank_zero_only
     def write_figures(self):
-        from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png
-
         if not getattr(self, "raw_rows", None):
             return
         results = self.build_results()
@@ -302,12 +295,12 @@ class RLLoop:
             title += f"\nnormalized ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}"
         atomic_write(self.run_dir / "acc_matrix.png", normalized_matrix_png(results["acc_matrix"], self.names, title))
         scale = 8 if self.stream.kind == "minatar" else 2
-        frames = [[self.load_frames(i, j, scale, frame_to_rgb) for j in range(len(self.names))]
+        frames = [[self.load_frames(i, j, scale) for j in range(len(self.names))]
                   for i in range(len(self.raw_rows))]
         if any(cell for row in frames for cell in row):
             gif_matrix(frames, self.names, self.run_dir / GIF_DIR)
 
-    def load_frames(self, i: int, j: int, scale: int, frame_to_rgb) -> list[np.ndarray]:
+    def load_frames(self, i: int, j: int, scale: int) -> list[np.ndarray]:
         path = self.run_dir / GIF_DIR / f"frames_{i}_{j}.npz"
         if not path.exists():
             return []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cl.results import atomic_write
+from cl.results import atomic_write, figure_png, matrix_png
 
 # MinAtar has at most 10 object channels (Seaquest); index 0 is the background
 _PALETTE = np.array([
@@ -15,15 +15,6 @@ _PALETTE = np.array([
     (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 255, 255)], dtype=np.uint8)
 _GRID = (128, 128, 128)
 _LABEL = (230, 230, 230)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def returns_png(curves: list[dict], task_names: list[str], steps_per_task: int, title: str) -> bytes:
@@ -65,36 +56,18 @@ def returns_png(curves: list[dict], task_names: list[str], steps_per_task: int, 
     axes[-1, 0].set_xlabel(f"environment steps ({unit})")
     fig.supylabel("mean greedy return", fontsize=9)
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def normalized_matrix_png(matrix: list[list[float | None]], task_names: list[str], title: str) -> bytes:
     """Like acc_matrix_png, but the scale is open-ended: a normalized return can beat the reference (> 1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     T = len(task_names)
     R = np.full((T, T), np.nan)
     for i, row in enumerate(matrix):
         R[i, :len(row)] = [np.nan if v is None else v for v in row]
     vmax = max(1.0, float(np.nanmax(R))) if np.isfinite(R).any() else 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * T, 0.8 + 0.6 * T), dpi=100)
-    im = ax.imshow(R, vmin=0, vmax=vmax, cmap="viridis")
-    for i in range(T):
-        for j in range(T):
-            if np.isfinite(R[i, j]):
-                ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if R[i, j] < 0.6 * vmax else "black")
-    ax.set_xticks(range(T), task_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(T), task_names, fontsize=8)
-    ax.set_xlabel("evaluated on game")
-    ax.set_ylabel("after training task")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="normalized return")
-    fig.tight_layout()
-    return _png(fig)
+    return matrix_png(R, task_names, title, vmax=vmax, digits=2, label="normalized return",
+                      xlabel="evaluated on game")
 
 
 def frame_to_rgb(frame: np.ndarray, scale: int) -> np.ndarray:

@@ -3,9 +3,9 @@ layers × frozen bits (share of the layer's parameters, after the last finished 
 used after each task)."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from cl.results import figure_png
 
 
 def bits_png(history: list[dict[str, list[int]]], max_bit: int) -> bytes:
@@ -46,7 +46,4 @@ def bits_png(history: list[dict[str, list[int]]], max_bit: int) -> bytes:
                               color="white" if capacity[i, t] < 0.6 * capacity.max() else "black")
     fig.colorbar(im2, ax=ax_tasks, fraction=0.04, pad=0.02)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
