@@ -227,11 +227,44 @@ def test_si_path_integral_sums_to_the_task_loss_decrease(momentum, weight_decay)
             optimizer.step()
             approach.on_after_optimizer_step()
         decrease = start - approach.task_loss(x).item()
-        path = sum(w.sum() for w in approach.path.tensors()).item()
+        path = sum(w.sum() for w in approach.path_integral()).item()
         assert decrease > 0.05 and path == pytest.approx(decrease, rel=5e-3)
         assert (float(approach.penalty()) > 0) == (t > 0)
         approach.on_train_end()
 
+
+
+@pytest.mark.parametrize("lr_change", [False, True])
+def test_si_telescoped_path_equals_the_step_by_step_sum(lr_change):
+    """Plain SGD: ω kept as Σ lr·U² with the corrections of the task end equals Σ −g·Δθ summed step by step (g the
+    task gradient, Δθ the applied step), in the task with a penalty, also when the lr changes within the task (the
+    steps after the change take the general accounting)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 4, dtype=torch.float64)
+    approach = QuadraticSI(TaskNetwork(LinearTrunk, (4,), [3, 3]), None, lamb=2.0, xi=0.1).double()
+    for t in range(2):
+        approach.task_id = t
+        approach.target = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(t))
+        optimizer = torch.optim.SGD(approach.regularized.values(), lr=0.05)
+        approach.on_train_start()
+        expected = {n: torch.zeros_like(p) for n, p in approach.regularized.items()}
+        for step in range(40):
+            if lr_change and step == 20:
+                optimizer.param_groups[0]["lr"] = 0.02
+            optimizer.zero_grad()
+            approach.training_loss(x, None, t).backward()
+            task_gradient = {n: p.grad.clone() for n, p in approach.regularized.items()}
+            before = {n: p.detach().clone() for n, p in approach.regularized.items()}
+            approach.on_before_optimizer_step(optimizer)
+            optimizer.step()
+            approach.on_after_optimizer_step()
+            for n, p in approach.regularized.items():
+                expected[n] -= task_gradient[n] * (p.detach() - before[n])
+        assert float(approach.telescoped_lr) == (0.0 if t == 0 else -1.0 if lr_change else 0.05)
+        assert float(approach.penalty()) > 0 if t else True
+        for name, path in zip(approach.path.names, approach.path_integral()):
+            torch.testing.assert_close(path, expected[name], rtol=1e-9, atol=1e-12)
+        approach.on_train_end()
 
 # --- IMM -------------------------------------------------------------------------------------------------------------
 def imm_after_two_tasks(cls, **kwargs):

@@ -16,8 +16,18 @@ The update: like the official code, which takes its optimizer's update values, S
 step the approach configures: Δθ = −lr·(momentum buffer) with momentum, else −lr·(p.grad + weight_decay·θ). That is
 one fused pass per step (ω += lr·g·update) instead of keeping and differencing a copy of the parameters.
 
+Plain SGD at a constant lr (no momentum, weight decay or clipping; the usual case) needs neither the copy of g nor
+the pass after the step. There the step is Δθ = −lr·U with U = g + G ⊙ (θ − θ̃) (G = 2c·Ω, θ̃ = the parameters at
+the start of the task), and summing −g·Δθ = lr·U² + G ⊙ (θ − θ̃)·Δθ over the task's steps telescopes:
+    Σ_t G (θ_t − θ̃) Δθ_t = G/2 · (θ_T − θ̃)² − G/2 · Σ_t Δθ_t²,   so   ω = (1 − lr·G/2) · Σ_t lr·U_t² + G/2 · (θ_T − θ̃)².
+Each step adds lr·U² (U is p.grad once the penalty's gradient is in it: one pass), and the two per-parameter
+corrections are applied once, when the task ends or when the step stops being plain SGD at that lr (an lr schedule):
+from there on the steps take the general accounting above. Exact in exact arithmetic; the tests compare both ways
+with Σ −g·Δθ summed step by step.
+
 State in buffers, so a checkpoint taken within a task resumes exactly (with the optimizer state Lightning saves): ω,
-the task it belongs to, and the anchor, which doubles as the parameters at the start of the task.
+the task it belongs to, the lr of the telescoped steps (0 before the first step, −1 once the task's accounting is
+general), and the anchor, which doubles as the parameters at the start of the task.
 """
 from __future__ import annotations
 
@@ -37,10 +47,13 @@ class SI(ImportanceRegularizer):
         self.terms.add()
         self.path = ParamTensors(self.regularized)  # ω of the current task
         self.register_buffer("path_task", torch.full((), -1, dtype=torch.long))  # the task ω belongs to
+        # the lr of the task's telescoped steps: 0 none yet, −1 general accounting (see the module's docstring)
+        self.register_buffer("telescoped_lr", torch.zeros((), dtype=torch.float64))
         # transient, per step: the optimizer, and the task gradient when the penalty's joins p.grad
         self._optimizer: torch.optim.SGD | None = None
         self._task_gradient: list[torch.Tensor] | None = None
         self._kept_apart = False
+        self._after_step = False  # the general accounting's pass after the step is due
 
     @property
     def penalty_scale(self) -> float:
@@ -55,6 +68,7 @@ class SI(ImportanceRegularizer):
         torch._foreach_zero_(self.path.tensors())
         self.terms[0].anchor.copy_(self.parameter_values())  # the start of the path (the end of the previous task)
         self.path_task.fill_(self.task_id)
+        self.telescoped_lr.fill_(0.0)
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -62,7 +76,22 @@ class SI(ImportanceRegularizer):
         params = list(self.regularized.values())
         grads = [grad_of(p) for p in params]
         self._optimizer = optimizer
-        self._kept_apart = self.folded() is not None  # the penalty's gradient is about to join p.grad
+        folded = self.folded()
+        lr = self._plain_sgd_lr(optimizer)
+        telescoped_lr = float(self.telescoped_lr)
+        # without a penalty U = g and ω = Σ lr·g² needs no correction, whatever the lr does
+        if lr is not None and (folded is None or telescoped_lr in (0.0, lr)):
+            if folded is not None and telescoped_lr == 0.0:
+                self.telescoped_lr.fill_(lr)
+            super().on_before_optimizer_step(optimizer)  # p.grad becomes U = g + the penalty's gradient
+            torch._foreach_addcmul_(self.path.tensors(), grads, grads, value=lr)
+            self._after_step = False
+            return
+        if telescoped_lr > 0:
+            self._end_telescoped_steps()
+        self.telescoped_lr.fill_(-1.0)
+        self._after_step = True
+        self._kept_apart = folded is not None  # the penalty's gradient is about to join p.grad
         if self._kept_apart:
             if self._task_gradient is None:
                 self._task_gradient = [torch.empty_like(p) for p in params]
@@ -74,6 +103,8 @@ class SI(ImportanceRegularizer):
 
     @torch.no_grad()
     def on_after_optimizer_step(self):
+        if not self._after_step:
+            return
         params = list(self.regularized.values())
         group = self._optimizer.param_groups[0]
         if group["momentum"]:
@@ -84,7 +115,29 @@ class SI(ImportanceRegularizer):
         torch._foreach_addcmul_(self.path.tensors(), task_gradient, update, value=float(group["lr"]))  # −g·Δθ
 
     @torch.no_grad()
+    def path_integral(self) -> list[torch.Tensor]:
+        """ω of the task so far: the path buffer, with the telescoped steps' corrections when they are pending,
+        (1 − lr·G/2)·ω + G/2·(θ − θ̃)² (a new list; the buffer is left as it is)."""
+        lr, path = float(self.telescoped_lr), self.path.tensors()
+        if lr <= 0:
+            return [w.clone() for w in path]
+        factor = self.folded().gradient_factor  # G
+        corrected = torch._foreach_add(torch._foreach_mul(factor, -lr / 2), 1.0)
+        torch._foreach_mul_(corrected, path)
+        change = torch._foreach_sub(self.parameter_values(), self.terms[0].anchor.tensors())
+        torch._foreach_mul_(change, change)
+        torch._foreach_addcmul_(corrected, factor, change, value=0.5)
+        return corrected
+
+    @torch.no_grad()
+    def _end_telescoped_steps(self) -> None:
+        torch._foreach_copy_(self.path.tensors(), self.path_integral())
+        self.telescoped_lr.fill_(-1.0)
+
+    @torch.no_grad()
     def consolidate(self, t: int) -> None:
+        if float(self.telescoped_lr) > 0:
+            self._end_telescoped_steps()
         term = self.terms[0]
         values = self.parameter_values()
         change = torch._foreach_sub(values, term.anchor.tensors())
