@@ -90,7 +90,15 @@ def run(cfg: DictConfig) -> dict:
         return TaskLoop(cfg, stops).run()
 
 
-class TaskLoop:
+class ContinualRun:
+    """What the supervised task loop and the RL one (rl/loop.py) share. A complete run says so and returns its
+    results. Otherwise: build, start or resume, then for each remaining task train it and finish it (evaluate, log,
+    checkpoint, write the results), stopping cleanly after a task when a stop was requested. The figures are drawn
+    and the loggers closed whether the run ends, fails or is interrupted. A subclass gives `build()`, `start()` and
+    `restore()` (each returns the first task to train), `train_task(t)`, `finish_task(t)`, `write_figures()`,
+    `table(results)` and `log_end()`, and sets `stream` and `loggers` in build() and `results` when it writes them."""
+    unit = "task"  # what the run's messages call one element of its stream
+
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         self.t_start = time.perf_counter()
         self.cfg, self.stops = cfg, stops
@@ -101,14 +109,39 @@ class TaskLoop:
         if cfg.resume:
             check_resume_config(cfg, self.previous, self.run_dir)
 
-    # --- the whole run ----------------------------------------------------------------------------------------
     def run(self) -> dict:
+        previous = self.previous
+        if previous and previous["complete"]:
+            say(f"the run in {self.run_dir} is complete ({previous['tasks_done']} of {len(previous['task_names'])} "
+                f"{self.unit}s): nothing to resume\n\n{self.table(previous)}")
+            return previous
+        say(f"run dir: {self.run_dir}")
+        self.build()
+        try:
+            start = self.restore() if previous else self.start()
+            for t in range(start, len(self.stream)):
+                self.train_task(t)
+                self.finish_task(t)
+                if self.stops.signum is not None:
+                    raise RunInterrupted(self.stops.signum, f"after {self.unit} {t + 1}")
+        except BaseException:
+            self.write_figures()
+            close_loggers(self.loggers, "failed")
+            raise
+        self.write_figures()
+        say(f"\n{self.table(self.results)}\nresults: {self.run_dir / 'results.json'}")
+        self.log_end()
+        close_loggers(self.loggers, "success")
+        return self.results
+
+
+class TaskLoop(ContinualRun):
+    def __init__(self, cfg: DictConfig, stops: StopRequests):
+        super().__init__(cfg, stops)
+        self.resume_point: ResumePoint | None = None  # where restore() found the first task to continue
+
+    def build(self):
         cfg, run_dir = self.cfg, self.run_dir
-        if self.previous and self.previous["complete"]:
-            say(f"the run in {run_dir} is complete ({self.previous['tasks_done']} of "
-                f"{len(self.previous['task_names'])} tasks): nothing to resume\n\n{format_table(self.previous)}")
-            return self.previous
-        say(f"run dir: {run_dir}")
         pl.seed_everything(cfg.seed, verbose=False)
         self.stream, self.approach = build(cfg)
         self.loggers = instantiate_all(cfg.get("logger"))
@@ -139,23 +172,12 @@ class TaskLoop:
             raise ConfigError("protocol=validation scores the tasks' validation splits, but this stream has none "
                               "(stream.pc_valid=0): set stream.pc_valid > 0")
         self.check_validation()
-        self.acc_rows: list[list[float]] = []
-        try:
-            start, resume_point = self.restore() if self.previous else self.start()
-            for t in range(start, len(self.stream)):
-                self.train_task(t, resume_point if t == start else None)
-                self.finish_task(t)
-                if self.stops.signum is not None:
-                    raise RunInterrupted(self.stops.signum, f"after task {t + 1}")
-        except BaseException:
-            self.write_figures()
-            close_loggers(self.loggers, "failed")
-            raise
-        self.write_figures()
-        say(f"\n{format_table(self.results)}\nresults: {run_dir / 'results.json'}")
-        log_run_end(self.loggers, self.results, run_dir, ["acc_matrix.png", *self.approach.figure_files()])
-        close_loggers(self.loggers, "success")
-        return self.results
+
+    def table(self, results: dict) -> str:
+        return format_table(results)
+
+    def log_end(self):
+        log_run_end(self.loggers, self.results, self.run_dir, ["acc_matrix.png", *self.approach.figure_files()])
 
     def make_trainer(self, t: int) -> pl.Trainer:
         cfg = self.cfg
@@ -178,7 +200,7 @@ class TaskLoop:
                               f"or use callbacks=default")
 
     # --- start or resume ----------------------------------------------------------------------------------------
-    def start(self) -> tuple[int, None]:
+    def start(self) -> int:
         self.acc_rows, self.cl_state, self.step_offset, self.elapsed_before = [], [], 0, 0.0
         self.times = {"train": [], "task_end": [], "eval": [], "io": [], "total": 0.0, "setup": 0.0}
         self.approach.to(self.data.device)
@@ -187,10 +209,11 @@ class TaskLoop:
             lg.log_hyperparams(config_dict(self.cfg))
         self.times["setup"] = time.perf_counter() - self.t_start  # data, model, random-initialisation row
         self.write_results()  # the random-initialisation row: a run interrupted in task 1 can resume
-        return 0, None
+        return 0
 
-    def restore(self) -> tuple[int, ResumePoint | None]:
-        """Continue from the newest checkpoint: a mid-task one of the first unfinished task, else the last task's."""
+    def restore(self) -> int:
+        """Continue from the newest checkpoint: a mid-task one of the first unfinished task (its position goes to
+        `resume_point`), else the last task's."""
         prev, run_dir = self.previous, self.run_dir
         done, T = prev["tasks_done"], len(self.stream)
         self.acc_rows, self.random_init = prev["acc_matrix"], prev["random_init_acc"]
@@ -206,25 +229,27 @@ class TaskLoop:
             continue_logs(self.loggers, mid)
             log.info("resuming %s in task %d of %d from its mid-task checkpoint (epoch %d, after batch %d)",
                      run_dir, done + 1, T, point.epoch + 1, point.batches_done)
-            return done, point
+            self.resume_point = point
+            return done
         remove_quietly(mid_path)  # a leftover of a task that finished after it
         if done == 0:
             self.step_offset = 0
             continue_logs(self.loggers, None)
             log.info("resuming %s: no task had finished and no mid-task checkpoint was saved, so task 1 of %d "
                      "starts over (the random-initialisation row is kept)", run_dir, T)
-            return 0, None
+            return 0
         ckpt = torch.load(task_checkpoint(run_dir, done - 1), map_location="cpu", weights_only=False)
         self.approach.load_state_dict(ckpt["state_dict"])
         self.approach.on_load_checkpoint(ckpt)
         self.step_offset = ckpt["cl_step_offset"]
         continue_logs(self.loggers, ckpt)
         log.info("resuming %s at task %d of %d (tasks 1-%d finished)", run_dir, done + 1, T, done)
-        return done, None
+        return done
 
     # --- one task -----------------------------------------------------------------------------------------------
-    def train_task(self, t: int, resume_point: ResumePoint | None):
+    def train_task(self, t: int):
         approach, cfg = self.approach, self.cfg
+        resume_point, self.resume_point = self.resume_point, None
         if resume_point is None:
             pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
         approach.task_id, approach.step_offset = t, self.step_offset

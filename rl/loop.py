@@ -14,7 +14,6 @@ import collections
 import io
 import logging
 import time
-from pathlib import Path
 
 import hydra
 import numpy as np
@@ -26,12 +25,10 @@ from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
 from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint
-from cl.config_check import check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
-from cl.pipeline import (check_accelerator, close_loggers, config_dict, instantiate_all, log_task_end, say,
-                         task_seed)
-from cl.results import atomic_write, build_results, read_results, write_results
+from cl.pipeline import ContinualRun, config_dict, instantiate_all, log_task_end, task_seed
+from cl.results import atomic_write, build_results, write_results
 from rl.approaches import RLApproach
 from rl.envs import GameStream
 from rl.evaluate import EvalSettings, evaluate
@@ -66,15 +63,14 @@ def state_bytes(module: torch.nn.Module) -> int:
     return sum(b.numel() * b.element_size() for b in module.buffers())
 
 
-class RLLoop:
+class RLLoop(ContinualRun):
+    unit = "game"
+
     def __init__(self, cfg: DictConfig, stops: StopRequests):
-        self.t_start = time.perf_counter()
-        self.cfg, self.stops = cfg, stops
         missing = [g for g in ("rl_model", "rl_approach", "ppo", "rl_eval") if cfg.get(g) is None]
         if missing:
             raise ConfigError(f"continual RL needs {', '.join(missing)} too: start from a recipe that selects every "
                               f"RL group, e.g. experiment=rl_minatar or experiment=rl_atari6")
-        check_config(cfg)
         devices = cfg.trainer.get("devices", 1)
         if devices not in (1, "1", "auto") or cfg.trainer.get("num_nodes", 1) != 1:
             raise ConfigError(f"continual RL runs on one device (trainer.devices={devices}): its environments feed "
@@ -82,40 +78,11 @@ class RLLoop:
         if str(cfg.trainer.get("precision", "32")) not in ("32", "32-true"):
             raise ConfigError(f"continual RL trains in float32 (trainer.precision={cfg.trainer.precision}); "
                               f"set trainer.precision=32")
-        check_accelerator(cfg)
+        super().__init__(cfg, stops)
         self.fabric = Fabric(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, precision="32-true")
         self.device = self.fabric.device
-        self.run_dir = Path(cfg.paths.output_dir)
-        self.previous = read_results(self.run_dir) if cfg.resume else None
-        if cfg.resume:
-            check_resume_config(cfg, self.previous, self.run_dir)
         self.ppo: PPOSettings = hydra.utils.instantiate(cfg.ppo)
         self.eval: EvalSettings = hydra.utils.instantiate(cfg.rl_eval)
-
-    # --- the whole run ----------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        if self.previous and self.previous["complete"]:
-            say(f"the run in {self.run_dir} is complete: nothing to resume\n\n{self.table(self.previous)}")
-            return self.previous
-        say(f"run dir: {self.run_dir}")
-        self.build()
-        self.loggers = instantiate_all(self.cfg.get("logger"))
-        try:
-            start = self.restore() if self.previous else self.start()
-            for t in range(start, len(self.stream)):
-                self.train_task(t)
-                self.finish_task(t)
-                if self.stops.signum is not None:
-                    raise RunInterrupted(self.stops.signum, f"after game {t + 1}")
-        except BaseException:
-            self.write_figures()
-            close_loggers(self.loggers, "failed")
-            raise
-        self.write_figures()
-        say(f"\n{self.table(self.results)}\nresults: {self.run_dir / 'results.json'}")
-        self.log_media()
-        close_loggers(self.loggers, "success")
-        return self.results
 
     def build(self):
         cfg = self.cfg
@@ -139,6 +106,7 @@ class RLLoop:
         self.approach.to(self.device)
         self.updates = self.ppo.updates(self.stream.steps_per_task)
         self.names = list(self.stream.games)
+        self.loggers = instantiate_all(cfg.get("logger"))
 
     def start(self) -> int:
         self.raw_rows, self.curves, self.cl_state = [], [], []
@@ -313,7 +281,7 @@ class RLLoop:
             lg.log_metrics(metrics, step=step)
 
     @rank_zero_only
-    def log_media(self):
+    def log_end(self):
         """W&B: as a supervised run's (cl/loggers.py), with the GIF matrix as videos."""
         log_run_to_wandb(self.loggers, self.results, self.run_dir, [RETURNS_PLOT, "acc_matrix.png"],
                          sorted((self.run_dir / GIF_DIR).glob("*.gif")))
