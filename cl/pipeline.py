@@ -138,6 +138,7 @@ class ContinualRun:
 class TaskLoop(ContinualRun):
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         super().__init__(cfg, stops)
+        self.acc_rows: list[list[float]] = []  # the accuracy matrix's rows so far (none: no figure to draw)
         self.resume_point: ResumePoint | None = None  # where restore() found the first task to continue
 
     def build(self):

@@ -79,6 +79,7 @@ class RLLoop(ContinualRun):
             raise ConfigError(f"continual RL trains in float32 (trainer.precision={cfg.trainer.precision}); "
                               f"set trainer.precision=32")
         super().__init__(cfg, stops)
+        self.raw_rows: list[list[float]] = []  # the return matrix's rows so far (none: no figure to draw)
         self.fabric = Fabric(accelerator=cfg.trainer.get("accelerator", "cpu"), devices=1, precision="32-true")
         self.device = self.fabric.device
         self.ppo: PPOSettings = hydra.utils.instantiate(cfg.ppo)
@@ -251,7 +252,7 @@ class RLLoop(ContinualRun):
 
     @rank_zero_only
     def write_figures(self):
-        if not getattr(self, "raw_rows", None):
+        if not self.raw_rows:
             return
         results = self.build_results()
         title = f"{results['approach']} on {results['stream']}"
