@@ -155,6 +155,18 @@ class AnyOf(Rule):
 
 _PROBABILITY = Float(ge=0, lt=1)
 
+# knobs of the same name and meaning in approach (supervised) and rl_approach: BLIP's quantization, the
+# regularization strength (EWC λ, SI c, MAS λ, LwF λ_o, IMM λ, HAT c) and online EWC's decay γ
+_SHARED_APPROACH_RULES: dict[str, Rule] = {
+    "F_prior": Float(gt=0),
+    "max_bit": Int(ge=1, le=30),
+    "bound_scale": Float(gt=0),
+    "init": Choice(("normal", "default", "orthogonal")),
+    "prior_fan": Choice(("fan_in", "max")),
+    "lamb": Float(ge=0),
+    "gamma": Float(ge=0, le=1),
+}
+
 RULES: dict[str, Rule] = {
     # --- run -------------------------------------------------------------------------------------------------------
     "seed": Int(ge=0, lt=2**32),
@@ -220,14 +232,7 @@ RULES: dict[str, Rule] = {
     "rl_stream.max_episode_steps": Int(ge=1),
     "rl_model.features": Int(ge=1),
     "rl_model.filters": Int(ge=1),
-    "rl_approach.F_prior": Float(gt=0),
-    "rl_approach.max_bit": Int(ge=1, le=30),
-    "rl_approach.bound_scale": Float(gt=0),
-    "rl_approach.init": Choice(("normal", "default", "orthogonal")),
-    "rl_approach.prior_fan": Choice(("fan_in", "max")),
     "rl_approach.fisher_minibatches": Int(ge=1),
-    "rl_approach.lamb": Float(ge=0),
-    "rl_approach.gamma": Float(ge=0, le=1),
     "ppo.lr": Float(gt=0),
     "ppo.adam_eps": Float(gt=0),
     "ppo.linear_lr_decay": Bool(),
@@ -291,15 +296,8 @@ RULES: dict[str, Rule] = {
     "approach.batch_size": Int(ge=1),
     "approach.eval_batch_size": Int(ge=1),
     # --- approach=blip ---------------------------------------------------------------------------------------------
-    "approach.F_prior": Float(gt=0),
-    "approach.max_bit": Int(ge=1, le=30),
-    "approach.bound_scale": Float(gt=0),
-    "approach.init": Choice(("normal", "default", "orthogonal")),
-    "approach.prior_fan": Choice(("fan_in", "max")),
     "approach.fisher.num_samples": Int(ge=1),
     "approach.fisher.batch_size": Int(ge=1),
-    # --- regularization strength, shared by name (EWC λ, SI c, MAS λ, LwF λ_o, IMM λ, HAT c) ------------------------
-    "approach.lamb": Float(ge=0),
     # --- approach=hat ----------------------------------------------------------------------------------------------
     "approach.smax": Float(ge=1),
     "approach.clipgrad": Float(gt=0),
@@ -310,7 +308,6 @@ RULES: dict[str, Rule] = {
     "approach.fisher_estimator": Choice(("exact", "hat_legacy", "blip_legacy", "gem_legacy")),
     "approach.fisher_samples": Int(ge=1, optional=True),
     "approach.fisher_batch_size": Int(ge=1),
-    "approach.gamma": Float(ge=0, le=1),
     "approach.xi": Float(gt=0),
     "approach.norm": Choice(("l2", "l1", "vector")),
     "approach.omega_per_sample": Bool(),
@@ -344,6 +341,8 @@ RULES: dict[str, Rule] = {
     "approach.width_divisor": Int(ge=1, optional=True),
     "approach.finetune": Bool(),
 }
+RULES.update({f"{group}.{key}": rule for group in ("approach", "rl_approach")
+              for key, rule in _SHARED_APPROACH_RULES.items()})
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
 CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "first_task", "rl_stream", "rl_model",
