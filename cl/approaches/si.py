@@ -88,8 +88,9 @@ class SI(ImportanceRegularizer):
             self._after_step = False
             return
         if telescoped_lr > 0:
-            self._end_telescoped_steps()
-        self.telescoped_lr.fill_(-1.0)
+            self._end_telescoped_steps()  # the general accounting from here to the task end
+        elif telescoped_lr == 0.0:
+            self.telescoped_lr.fill_(-1.0)
         self._after_step = True
         self._kept_apart = folded is not None  # the penalty's gradient is about to join p.grad
         if self._kept_apart:
