@@ -95,8 +95,9 @@ class ContinualRun:
     results. Otherwise: build, start or resume, then for each remaining task train it and finish it (evaluate, log,
     checkpoint, write the results), stopping cleanly after a task when a stop was requested. The figures are drawn
     and the loggers closed whether the run ends, fails or is interrupted. A subclass gives `build()`, `start()` and
-    `restore()` (each returns the first task to train), `train_task(t)`, `finish_task(t)`, `write_figures()`,
-    `table(results)` and `log_end()`, and sets `stream` and `loggers` in build() and `results` when it writes them."""
+    `restore()` (each returns the first task to train and sets `times`), `train_task(t)`, `finish_task(t)` (which
+    calls `record_task`), `build_results()` (which sets `results`), `save_checkpoint(t)`, `write_figures()`,
+    `table(results)` and `log_end()`, and sets `stream` and `loggers` in build()."""
     unit = "task"  # what the run's messages call one element of its stream
 
     def __init__(self, cfg: DictConfig, stops: StopRequests):
@@ -133,6 +134,23 @@ class ContinualRun:
         self.log_end()
         close_loggers(self.loggers, "success")
         return self.results
+
+    def record_task(self, t: int, step: int) -> None:
+        """Log, checkpoint and write the results after task t, in this order: results.json never names a task whose
+        checkpoint is missing, and each checkpoint knows how far the logs got. Its time is time_s.io."""
+        t0 = time.perf_counter()
+        self.times["io"].append(0.0)
+        results = self.build_results()
+        log_task_end(self.loggers, results, t, step)
+        for lg in self.loggers:
+            lg.save()
+        self.save_checkpoint(t)
+        self.times["io"][-1] = time.perf_counter() - t0
+        self.write_results(results)
+
+    @rank_zero_only
+    def write_results(self, results: dict | None = None):
+        write_results(self.run_dir, results or self.build_results())
 
 
 class TaskLoop(ContinualRun):
@@ -278,23 +296,14 @@ class TaskLoop(ContinualRun):
         self.step_offset += trainer.global_step
 
     def finish_task(self, t: int):
-        """Evaluate every task, then log, checkpoint and write the results (in this order: results.json never
-        names a task whose checkpoint is missing, and each checkpoint knows how far the logs got)."""
+        """Evaluate every task, then record the task (`record_task`) and run the protocols' task-end files."""
         t0 = time.perf_counter()
         self.acc_rows.append(self.evaluate_row())
         self.times["eval"].append(time.perf_counter() - t0)
         self.times["train"].append(self.timer.train_seconds)
         self.times["task_end"].append(self.timer.task_end_seconds)
         self.cl_state.append(self.approach.cl_state_bytes())
-        t0 = time.perf_counter()
-        self.times["io"].append(0.0)
-        results = self.build_results()
-        log_task_end(self.loggers, results, t, self.step_offset)
-        for lg in self.loggers:
-            lg.save()
-        self.trainer.save_checkpoint(task_checkpoint(self.run_dir, t))
-        self.times["io"][-1] = time.perf_counter() - t0
-        self.write_results(results)
+        self.record_task(t, self.step_offset)
         if self.trainer.is_global_zero:
             remove_quietly(mid_task_checkpoint(self.run_dir))
             for cb in self.callbacks:  # task-end files of a protocol (e.g. the MAS re-implementation's run folder)
@@ -316,9 +325,8 @@ class TaskLoop(ContinualRun):
         self.results["protocol"] = self.cfg.get("protocol", "test")
         return self.results
 
-    @rank_zero_only
-    def write_results(self, results: dict | None = None):
-        write_results(self.run_dir, results or self.build_results())
+    def save_checkpoint(self, t: int):
+        self.trainer.save_checkpoint(task_checkpoint(self.run_dir, t))
 
     @rank_zero_only
     def write_figures(self):

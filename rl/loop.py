@@ -27,8 +27,8 @@ from tqdm import tqdm
 from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
-from cl.pipeline import ContinualRun, config_dict, instantiate_all, log_task_end, task_seed
-from cl.results import atomic_write, build_results, write_results
+from cl.pipeline import ContinualRun, config_dict, instantiate_all, task_seed
+from cl.results import atomic_write, build_results
 from rl.approaches import RLApproach
 from rl.envs import GameStream
 from rl.evaluate import EvalSettings, evaluate
@@ -204,16 +204,8 @@ class RLLoop(ContinualRun):
         self.curves.append({"step": step, "task": t, "returns": {self.names[j]: row[j] for j in range(t + 1)}})
         self.times["eval"].append(time.perf_counter() - t0)
         self.cl_state.append(state_bytes(self.approach))
-        t0 = time.perf_counter()
-        self.times["io"].append(0.0)
-        results = self.build_results()
         self.log_metrics({f"return/{n}": r for n, r in zip(self.names, row)}, step)
-        log_task_end(self.loggers, results, t, step)
-        for lg in self.loggers:
-            lg.save()
-        self.save_checkpoint(t)
-        self.times["io"][-1] = time.perf_counter() - t0
-        self.write_results(results)
+        self.record_task(t, step)
 
     # --- files --------------------------------------------------------------------------------------------------
     def build_results(self) -> dict:
@@ -233,10 +225,6 @@ class RLLoop(ContinualRun):
                        normalization="acc_matrix = return ÷ the game's return after its own training")
         self.results = results
         return results
-
-    @rank_zero_only
-    def write_results(self, results: dict | None = None):
-        write_results(self.run_dir, results or self.build_results())
 
     @rank_zero_only
     def save_checkpoint(self, t: int):
