@@ -23,7 +23,7 @@ from scipy import stats
 
 from cl.errors import CLError
 from cl.metrics import acc
-from cl.results import RESULTS_FILE, acc_matrix_png, atomic_write, figure_png
+from cl.results import RESULTS_FILE, acc_matrix_png, atomic_write, figure_png, pyplot
 from cl.run_dir import FAILED_FILE, recorded_failure
 
 REQUIRED = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "metrics", "time_s", "memory",
@@ -203,10 +203,7 @@ def mean_matrix_png(group: list[dict]) -> bytes:
 
 def acc_curves_png(groups: dict[tuple, list[dict]]) -> bytes:
     """ACC after each task, one line per group (of one stream and model) with its 95 % CI band over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     (stream, model, _, _), first = next(iter(groups.items()))
     rl = is_rl(first[0])
@@ -242,10 +239,7 @@ def _layer_capacity(info: dict) -> dict[str, float]:
 def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
     """BLIP's capacity curve (capacity used after each task, mean over seeds with a 95 % CI band) beside its final
     capacity per layer (bars with 95 % CI), for the BLIP groups of one stream and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     (stream, model, _, _), first = next(iter(groups.items()))
     layers = list(_layer_capacity(first[0]["approach_info"]))

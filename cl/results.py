@@ -80,13 +80,21 @@ def read_results(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def figure_png(fig) -> bytes:
-    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure_png(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -94,10 +102,7 @@ def matrix_png(R: np.ndarray, names: list[str], title: str, vmax: float, digits:
                xlabel: str = "evaluated on task") -> bytes:
     """The annotated heatmap of a T×T matrix (rows: after training task i; NaN cells left blank), colours from 0 to
     `vmax`: the accuracy matrix (%) of a run, and the normalized return matrix of an RL run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     T = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * T, 0.8 + 0.6 * T), dpi=100)

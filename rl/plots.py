@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cl.results import atomic_write, figure_png, matrix_png
+from cl.results import atomic_write, figure_png, matrix_png, pyplot
 
 # MinAtar has at most 10 object channels (Seaquest); index 0 is the background
 _PALETTE = np.array([
@@ -20,10 +20,7 @@ _LABEL = (230, 230, 230)
 def returns_png(curves: list[dict], task_names: list[str], steps_per_task: int, title: str) -> bytes:
     """One subplot per game, sharing the step axis: returns of different games have very different scales, so
     one shared y axis would flatten all but the highest-scoring game."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     games = list(dict.fromkeys(task_names))
     games += [g for c in curves for g in c["returns"] if g not in games]

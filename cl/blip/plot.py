@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from cl.results import figure_png
+from cl.results import figure_png, pyplot
 
 
 def bits_png(history: list[dict[str, list[int]]], max_bit: int) -> bytes:
     """`history[t][layer][b]` = number of the layer's parameters with b frozen bits after task t (layers by
     their labels, in network order)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+
+    plt = pyplot()
 
     layers = list(history[-1])
     counts = np.array([history[-1][layer] for layer in layers], dtype=float)
