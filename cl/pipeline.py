@@ -195,8 +195,9 @@ class TaskLoop(ContinualRun):
     def table(self, results: dict) -> str:
         return format_table(results)
 
+    @rank_zero_only
     def log_end(self):
-        log_run_end(self.loggers, self.results, self.run_dir, ["acc_matrix.png", *self.approach.figure_files()])
+        log_run_to_wandb(self.loggers, self.results, self.run_dir, ["acc_matrix.png", *self.approach.figure_files()])
 
     def make_trainer(self, t: int) -> pl.Trainer:
         cfg = self.cfg
@@ -345,11 +346,6 @@ def close_loggers(loggers: list, status: str):
         lg.finalize(status)
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             lg._experiment.finish(exit_code=0 if status == "success" else 1)
-
-
-@rank_zero_only
-def log_run_end(loggers: list, results: dict, run_dir: Path, images: list[str]):
-    log_run_to_wandb(loggers, results, run_dir, images)
 
 
 @rank_zero_only
