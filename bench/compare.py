@@ -2,8 +2,9 @@
 
     python bench/compare.py [--seeds 3] [--data-dir ../shared/data] [--out outputs/bench_compare] [--part ...]
 
-Part `approaches`: every conf/approach/*.yaml but the online replay ones (bench/replay_results.py) with its own defaults (λ, c, T, …) on one common training protocol
-(the shared optimizer defaults: SGD lr 0.01, batch 64, no momentum; MLP 784-1200; fixed epochs):
+Part `approaches`: every conf/approach/*.yaml but the online replay ones (bench/replay_results.py) with its own
+defaults (λ, c, T, …) on one common training protocol (the shared optimizer defaults: SGD lr 0.01, batch 64, no
+momentum; MLP 784-1200; fixed epochs):
   - mnist5: split MNIST, 5 tasks of 2 digits, one 2-way head per task (BLIP's protocol), 3 epochs per task;
   - pmnist (shortened): 5 permuted-MNIST tasks of 10,000 training images (10 % held out) and one shared 10-way head
     (the EWC and GEM papers' domain-incremental protocol), 2 epochs per task. Approaches that need a head per task
@@ -17,7 +18,6 @@ are cl.report's over those run dirs: mean ± 95 % CI over the seeds of ACC, BWT,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
 from cl.errors import ConfigError, TrainingError  # noqa: E402
-from cl.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.pipeline import config_dict  # noqa: E402
 from cl.pipeline import run as run_config  # noqa: E402
+from cl.report import collect, markdown_tables, summarize  # noqa: E402
+from cl.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA, compose_config, config_options  # noqa: E402
 
 # the online replay approaches (batch 10, one epoch, memories) have their own protocols: bench/replay_results.py
@@ -57,11 +58,9 @@ def run(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     """The run's results; a complete run of the same config already in run_dir is reused (an interrupted bench goes
     on where it stopped; delete --out to measure everything again)."""
     cfg = compose_config([*overrides, f"paths.data_dir={data_dir}"], run_dir)
-    done = run_dir / "results.json"
-    if done.exists():
-        previous = json.loads(done.read_text())
-        if previous.get("complete") and same_experiment(previous.get("config") or {}, config_dict(cfg)):
-            return previous
+    previous = read_results(run_dir)
+    if previous and previous.get("complete") and same_experiment(previous.get("config") or {}, config_dict(cfg)):
+        return previous
     shutil.rmtree(run_dir, ignore_errors=True)
     return run_config(cfg)
 

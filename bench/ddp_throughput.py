@@ -10,7 +10,6 @@ over the tasks; start-up, task ends and evaluation apart). On a GPU machine the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
+from cl.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 EPOCHS = 2
@@ -38,7 +38,7 @@ def train(approach: str, devices: int, accelerator: str, data_dir: Path) -> dict
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{approach} on {devices} device(s) failed:\n{done.stderr[-2000:]}")
-    return json.loads((run_dir / "results.json").read_text())
+    return read_results(run_dir)
 
 
 def main():

@@ -9,8 +9,10 @@ and gem.
 Settings: each approach's from GEM's `run_experiments.sh` (permutations / rotations) where GEM ran it; BCL-Dual's
 from BCL's `scripts/run.sh`. BCL gives no settings for its baselines: er, agem and gem run there with BCL-Dual's lr
 (0.03) and memory (256 per task), A-GEM with a reference batch of 256, GEM with its margin 0.5. `independent` is GEM's
-sizing (hidden width 100/20 per task, no fine-tuning from the previous task). A complete run of the same config in --out is reused. Mean ± sample std over the seeds of results.json's metrics
-(BWT and FWT as the GEM paper: ÷(T−1); FWT against the random-initialization row) and `time_s.total`."""
+sizing (hidden width 100/20 per task, no fine-tuning from the previous task). A complete run of the same config in
+--out is reused. Each protocol's table is cl.report's over its run dirs: mean ± 95 % CI over the seeds of
+results.json's metrics (BWT and FWT as the GEM paper: ÷(T−1); FWT against the random-initialization row) and
+`time_s.total`."""
 from __future__ import annotations
 
 import argparse

@@ -11,7 +11,6 @@ docs/figures/rl_demo/ by the canonical run."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
 from cl.report import collect, markdown_tables, summarize  # noqa: E402
+from cl.results import read_results  # noqa: E402
 
 RECIPES = {"blip": "rl_minatar_blip", "online_ewc": "rl_minatar_ewc", "finetune": "rl_minatar_ft",
            "ft_fix": "rl_minatar_ftfix"}
@@ -33,9 +33,9 @@ FIGURES = ROOT / "docs" / "figures" / "rl_demo"
 
 
 def run(recipe: str, seed: int, run_dir: Path) -> dict:
-    done = run_dir / "results.json"
-    if done.exists() and json.loads(done.read_text()).get("complete"):
-        return json.loads(done.read_text())
+    previous = read_results(run_dir)
+    if previous and previous.get("complete"):
+        return previous
     shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = run_dir.parent / f"{run_dir.name}.log"
@@ -47,7 +47,7 @@ def run(recipe: str, seed: int, run_dir: Path) -> dict:
     if code:
         raise SystemExit(f"{recipe} seed {seed} failed (exit {code}); see {log}")
     print(f"done: {recipe} seed {seed}", flush=True)
-    return json.loads(done.read_text())
+    return read_results(run_dir)
 
 
 def matrix_table(names: list[str], matrix: np.ndarray) -> str:
