@@ -12,13 +12,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from cl.errors import ConfigError
 
-SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
+SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "rl_stream", "rl_model", "rl_approach", "ppo",
+            "rl_eval")
 # options any stream accepts, applied by the pipeline to the built stream (cl/pipeline.py build), not passed to it
 PIPELINE_STREAM_OPTIONS = ("use",)
 # what defines the experiment: a resumed run must use the saved values
 RESUME_KEYS = ("stream", "model", "approach", "seed", "callbacks", "trainer.max_epochs", "first_task", "protocol",
-               "validation_tasks", "rl_stream",
-               "rl_model", "rl_approach", "ppo", "rl_eval")
+               "validation_tasks", "rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
 _SIMPLE = (int, float, bool, str)
 
 
