@@ -1,8 +1,8 @@
 """End to end through train.py: 2 CPU DDP processes with batch b each give the state of 1 process with batch 2b on the
 same data — BLIP's bits and the regularizers' importances (EWC, MAS, SI); replay memories: tests/test_replay_ddp.py,
-as their slots hold the gathered samples in rank order. Each rank takes every other
-sample of the same shuffled order, so the ranks' averaged gradient is the 1-process gradient of their union; what
-differs is only the order of float sums."""
+as their slots hold the gathered samples in rank order. Each rank takes every other sample of the same shuffled
+order, so the ranks' averaged gradient is the 1-process gradient of their union; what differs is only the order of
+float sums."""
 import pytest
 import torch
 

@@ -11,10 +11,9 @@ from tests.conftest import APPROACH_NEEDS, compose_config, config_options, run_p
 RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "random_init_acc", "metrics",
                "time_s", "memory", "approach_info", "config"}
 APPROACHES = config_options("approach")
-GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "hparams_search",
-          "rl_stream",
-          "rl_model", "rl_approach", "ppo", "rl_eval"]
 RL_GROUPS = ("rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
+GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "hparams_search",
+          *RL_GROUPS]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])

@@ -270,6 +270,7 @@ def test_si_telescoped_path_equals_the_step_by_step_sum(lr_change):
             torch.testing.assert_close(path, expected[name], rtol=1e-9, atol=1e-12)
         approach.on_train_end()
 
+
 # --- IMM -------------------------------------------------------------------------------------------------------------
 def imm_after_two_tasks(cls, **kwargs):
     """Task models θ_0 and θ_1 with Fishers F_0, F_1 (F zero at some entries of both), merged by `cls`."""
