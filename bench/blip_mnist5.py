@@ -9,7 +9,6 @@ is the child's maximum resident set size (getrusage)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
+from cl.results import read_results  # noqa: E402
 
 GOALS = {"acc": 99.65, "bwt": -0.05, "minutes": 14, "rss_gb": 0.8}
 
@@ -46,7 +46,7 @@ def main():
     if proc.returncode != 0:
         raise SystemExit(f"train.py failed (exit {proc.returncode}); see {args.out / 'train.log'}")
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # Linux reports KiB
-    results = json.loads((args.out / "results.json").read_text())
+    results = read_results(args.out)
     m = results["metrics"]
     acc, bwt, bwt_blip = 100 * m["acc"], 100 * m["bwt"], 100 * m["bwt_blip"]
     times = results["time_s"]

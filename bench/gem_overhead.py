@@ -10,7 +10,6 @@ random-initialisation row of evaluations. The best of `repeats` runs is reported
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
+from cl.results import read_results  # noqa: E402
 
 GOAL_S = 35.0
 
@@ -35,7 +35,7 @@ def one_run(data_dir: str, run_dir: Path, experiment: str = "gem_single_pmnist")
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"train.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     t = results["time_s"]
     parts = {"train": sum(t["train"]), "eval": sum(t["eval"]), "task end": sum(t["task_end"]), "io": sum(t["io"])}
     parts["start-up"] = wall - t["total"] + t["setup"]
