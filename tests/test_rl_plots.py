@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cl.results import matrix_png
 from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png, write_gif
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,8 +50,21 @@ def test_returns_png_single_point_in_thousands():
 def test_normalized_matrix_png_with_blank_cells():
     matrix = [[0.9, None, float("nan")], [0.5, 1.2, None], [0.4, 0.8, 1.0]]
     image = _decode_png(normalized_matrix_png(matrix, GAMES, "normalized return"))
-    assert image.size == (310, 260)  # acc_matrix_png's size for 3 tasks: (1 + 0.7·T, 0.8 + 0.6·T) inches at 100 dpi
+    # cl.results.matrix_png's size for 3 tasks, labels of 14 characters (0.84 in): (1.6 + 0.84 + 0.7·3, 1.2 + 0.84 + 0.6·3)
+    # inches at 100 dpi
+    assert image.size == (454, 384)
     _decode_png(normalized_matrix_png([[None] * 3], GAMES, "nothing finite yet"))
+
+
+def test_matrix_png_fits_tasks_named_by_many_classes():
+    """Two CUB tasks of 10 shuffled classes each: the tick labels are shortened and given room, so tight_layout can
+    lay the figure out (it warns when it cannot, and the heatmap shrinks to a few pixels)."""
+    names = ["98-194-107-10-66-130-124-103-77-122", "91-149-55-129-35-12-160-4-188-71"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = _decode_png(matrix_png(np.array([[50.0, 0.0], [50.0, 50.0]]), names, "sgd on cub_split\nACC 50.00%",
+                                       vmax=100, digits=1, label="accuracy (%)"))
+    assert image.size == (408, 348)  # labels shortened to 18 characters (1.08 in)
 
 
 def test_frame_to_rgb_greyscale_atari():
