@@ -13,6 +13,7 @@ mechanisms (BLIP's quantized parameters) attach to every conv.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -102,6 +103,8 @@ class ResNet(nn.Module):
 
     def start_task(self, task_id: int) -> None:
         self.bn_frozen = self.freeze_bn_after_first_task and task_id > 0
+        if self.bn_frozen:  # Lightning warns at every task's fit about modules in eval mode: here they are meant to be
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "ResNet":
