@@ -98,7 +98,7 @@ def test_exact_fisher_matches_a_per_sample_autograd_loop():
     assert_close(fisher, {n: sum(g[0][n] ** 2 for g in grads) / 12 for n in names})
 
 
-@pytest.mark.parametrize("norm,per_sample", itertools.product(["l2", "l1", "vector"], [True, False]))
+@pytest.mark.parametrize("norm,per_sample", list(itertools.product(["l2", "l1", "vector"], [True, False])))
 def test_mas_omega_matches_a_per_sample_autograd_loop(norm, per_sample):
     approach = MAS(conv_net(), norm=norm, omega_per_sample=per_sample, omega_batch_size=4)
     names = list(approach.regularized)
