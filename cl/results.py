@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cl.metrics import all_metrics, forgetting_per_task
-
-RESULTS_FILE = "results.json"
+from cl.run_dir import RESULTS_FILE
 
 
 def _umask() -> int:

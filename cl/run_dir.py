@@ -10,14 +10,15 @@ import json
 import shutil
 from pathlib import Path
 
+RESULTS_FILE = "results.json"  # the results contract (cl/results.py)
 FAILED_FILE = "failed.txt"
 HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
 
 
 def saved_results(run_dir: Path) -> dict | None:
-    """The run dir's results.json, when it has one that can be read."""
+    """The run dir's results.json, when it has one that can be read (cl.results.read_results raises on a broken one)."""
     try:
-        return json.loads((Path(run_dir) / "results.json").read_text())
+        return json.loads((Path(run_dir) / RESULTS_FILE).read_text())
     except (OSError, ValueError):
         return None
 
