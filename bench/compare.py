@@ -91,7 +91,8 @@ def approaches_part(seeds: int, data_dir: Path, out: Path) -> str:
 
 
 def mas_demo_part(seeds: int, data_dir: Path, out: Path) -> str:
-    sections, published_rows = [], ["| regime | average forgetting pp (= −BWT) | published (demo) pp |", "|---|---|---|"]
+    sections = []
+    published_rows = ["| regime | average forgetting pp (= −BWT) | published (demo) pp |", "|---|---|---|"]
     for regime, (experiment, published) in MAS_DEMO.items():
         for seed in range(seeds):
             results = run([f"experiment={experiment}", f"seed={seed}"], out / "mas_demo" / experiment / f"seed{seed}",

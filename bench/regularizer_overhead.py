@@ -143,7 +143,8 @@ def main():
     lines.append("")
     lines.append(f"MLP 784-1200 with a 2-way head per task, split MNIST (task 2: {len(stream.tasks[1].train)} "
                  f"training images), batch 64, lr 0.01; per run the shortest of {TIMED_EPOCHS} task-2 epochs; "
-                 f"{args.repeats} repeats, sgd run between every two approaches. 1-minute load average at the end: {os.getloadavg()[0]:.1f}.")
+                 f"{args.repeats} repeats, sgd run between every two approaches. 1-minute load average at the end: "
+                 f"{os.getloadavg()[0]:.1f}.")
     publish(parser, args, "regularizer_overhead", "## Regularization approaches: overhead and state\n\n"
             + "\n".join(lines))
 

@@ -12,8 +12,8 @@ RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix"
                "time_s", "memory", "approach_info", "config"}
 APPROACHES = config_options("approach")
 RL_GROUPS = ("rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
-GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment", "hparams_search",
-          *RL_GROUPS]
+GROUPS = ["stream", "model", "approach", "trainer", "logger", "callbacks", "paths", "debug", "experiment",
+          "hparams_search", *RL_GROUPS]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
