@@ -15,6 +15,8 @@ from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from cl.run_dir import RESULTS_FILE
+
 
 class _ContinuedWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv when it starts; a resumed run keeps the first `rows`
@@ -150,11 +152,11 @@ def log_run_to_wandb(loggers: list, results: dict, run_dir: Path, images: list[s
         if videos:
             run.log({f"gifs/{p.stem}": wandb.Video(str(p), format="gif") for p in videos})
         artifact = wandb.Artifact(f"results-{run.id}", type="results")
-        artifact.add_file(str(run_dir / "results.json"))
+        artifact.add_file(str(run_dir / RESULTS_FILE))
         run.log_artifact(artifact)
         checkpoint = task_checkpoint(run_dir, results["tasks_done"] - 1)
         if checkpoint.exists():
             model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"tasks_done": results["tasks_done"]})
             model.add_file(str(checkpoint))
             run.log_artifact(model)
-        run.save(str(run_dir / "results.json"), base_path=str(run_dir), policy="now")
+        run.save(str(run_dir / RESULTS_FILE), base_path=str(run_dir), policy="now")

@@ -20,7 +20,7 @@ from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, con
 from cl.config_check import PIPELINE_STREAM_OPTIONS, check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
-from cl.results import build_results, format_table, read_results, write_figures, write_results
+from cl.results import RESULTS_FILE, build_results, format_table, read_results, write_figures, write_results
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer
 from data.stream import Stream
@@ -130,7 +130,7 @@ class ContinualRun:
             close_loggers(self.loggers, "failed")
             raise
         self.write_figures()
-        say(f"\n{self.table(self.results)}\nresults: {self.run_dir / 'results.json'}")
+        say(f"\n{self.table(self.results)}\nresults: {self.run_dir / RESULTS_FILE}")
         self.log_end()
         close_loggers(self.loggers, "success")
         return self.results
