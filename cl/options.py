@@ -309,6 +309,7 @@ RULES: dict[str, Rule] = {
     "approach.fisher_samples": Int(ge=1, optional=True),
     "approach.fisher_batch_size": Int(ge=1),
     "approach.xi": Float(gt=0),
+    "approach.fused_step": Bool(),
     "approach.norm": Choice(("l2", "l1", "vector")),
     "approach.omega_per_sample": Bool(),
     "approach.omega_batch_size": Int(ge=1),

@@ -4,6 +4,9 @@ loading into a fresh approach, and on a 2-task problem that each keeps task 1 be
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import shutil
 
 import pytest
 import pytorch_lightning as pl
@@ -11,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl import kernels
 from cl.approaches import EWC, MAS, SGD, SI, IMMMean, IMMMode, MASLocal, OnlineEWC
+from cl.approaches import si as si_module
 from cl.approaches.ewc import FisherRegularizer
 from cl.approaches.mas_local import followed_by_relu
 from cl.approaches.regularizer import ImportanceRegularizer
@@ -269,6 +274,78 @@ def test_si_telescoped_path_equals_the_step_by_step_sum(lr_change):
         for name, path in zip(approach.path.names, approach.path_integral()):
             torch.testing.assert_close(path, expected[name], rtol=1e-9, atol=1e-12)
         approach.on_train_end()
+
+
+def train_wide_si(fused_step: bool, steps: int = 30) -> tuple[SI, list[bool]]:
+    """SI (float32, a 300→200 layer: the kernel's parallel loop) over two tasks of plain SGD; also, per step of task 2,
+    whether the hook left every regularized p.grad at None (the step taken by the C pass)."""
+    torch.manual_seed(0)
+    approach = SI(TaskNetwork(lambda input_shape: MLP(input_shape, (200,)), (300,), [4, 4]), lamb=2.0,
+                  fused_step=fused_step)
+    optimizer = torch.optim.SGD(approach.net.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    taken = []
+    for t in range(2):
+        approach.task_id = t
+        approach.on_train_start()
+        x, y = torch.randn(64, 300, generator=g), torch.randint(0, 4, (64,), generator=g)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            approach.training_loss(x, y, t).backward()
+            approach.on_before_optimizer_step(optimizer)
+            if t == 1:
+                taken.append(all(p.grad is None for p in approach.regularized.values()))
+            optimizer.step()
+            approach.on_after_optimizer_step()
+        if t == 0:
+            approach.on_train_end()
+    return approach, taken
+
+
+def kernels_buildable() -> bool:
+    """Linux, torch on its libgomp, a C compiler: where cl/kernels must build (CI); elsewhere SI runs its foreach path."""
+    try:
+        kernels.torch_openmp_runtime()
+    except kernels.KernelUnavailable:
+        return False
+    return shutil.which(os.environ.get("CC") or "cc") is not None
+
+
+def test_si_fused_step_equals_the_foreach_passes():
+    """The C pass (cl/kernels/si_step.c: ω += lr·U², θ ← θ − lr·U) trains to the parameters, path integral and
+    importances of the foreach passes; it is built and taken wherever a C compiler is present on Linux (CI)."""
+    if not kernels_buildable():
+        pytest.skip("the C kernels are built on Linux with torch's libgomp and a C compiler")
+    fused, taken = train_wide_si(fused_step=True)
+    reference, reference_taken = train_wide_si(fused_step=False)
+    assert all(taken) and len(taken) == 30 and not any(reference_taken)
+    for p, q in zip(fused.net.parameters(), reference.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for w, v in zip(fused.path_integral(), reference.path_integral()):
+        torch.testing.assert_close(w, v, rtol=1e-4, atol=1e-7)
+        assert v.abs().sum() > 0
+    fused.on_train_end()
+    reference.on_train_end()
+    for name, importance in fused.importances().items():
+        torch.testing.assert_close(importance, reference.importances()[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiler,reason", [("no-such-cc", "no C compiler"), ("false", "failed")])
+def test_si_runs_the_foreach_passes_where_the_kernel_cannot_be_built(compiler, reason, monkeypatch, tmp_path, caplog):
+    says_why = kernels_buildable()  # with the real compiler; elsewhere the log gives an earlier reason
+    monkeypatch.setenv("CC", compiler)
+    monkeypatch.setenv("CL_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_loaded", {})
+    si_module._sgd_step_kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="cl.kernels"):
+            approach, taken = train_wide_si(fused_step=True, steps=2)
+        assert taken == [False, False] and approach.path_integral()[0].abs().sum() > 0
+        if says_why:
+            assert "si_step.c not used, torch ops instead: " in caplog.text and reason in caplog.text
+        assert list(tmp_path.iterdir()) == []  # no partial library left behind
+    finally:
+        si_module._sgd_step_kernel.cache_clear()
 
 
 # --- IMM -------------------------------------------------------------------------------------------------------------

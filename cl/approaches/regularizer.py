@@ -277,14 +277,16 @@ class ImportanceRegularizer(ContinualApproach):
 
     def _plain_sgd_lr(self, optimizer) -> float | None:
         """The learning rate when the coming step is plain SGD on the gradient as it is (no momentum, weight decay
-        or gradient clipping, which would treat the penalty's gradient differently from a separate step)."""
+        or gradient clipping, which would treat the penalty's gradient differently from a separate step, and no loss
+        scaler, which may skip the step after the penalty's share was taken)."""
         if not isinstance(optimizer, torch.optim.SGD) or len(optimizer.param_groups) != 1:
             return None
         group = optimizer.param_groups[0]
         if group["momentum"] or group["weight_decay"] or group["maximize"]:
             return None
-        if self._trainer is not None and self.trainer.gradient_clip_val:
-            return None
+        if self._trainer is not None and (self.trainer.gradient_clip_val
+                                          or getattr(self.trainer.precision_plugin, "scaler", None) is not None):
+            return None  # clipping, or a loss scaler that skips the steps with non-finite gradients
         return float(group["lr"])
 
     def on_train_epoch_end(self):
