@@ -66,12 +66,18 @@ def _loaded_libgomp() -> set[Path]:
     return {Path(p) for p in paths if Path(p).name.startswith("libgomp")}
 
 
+def c_compiler() -> str:
+    """The path of the C compiler the kernels are built with: `$CC`, else `cc`."""
+    compiler = os.environ.get("CC") or "cc"
+    path = shutil.which(compiler)
+    if path is None:
+        raise KernelUnavailable(f"no C compiler {compiler!r} on PATH (set CC to one)")
+    return path
+
+
 def _build_and_load(source: Path) -> ctypes.CDLL:
     runtime = torch_openmp_runtime()
-    compiler = os.environ.get("CC") or "cc"
-    compiler_path = shutil.which(compiler)
-    if compiler_path is None:
-        raise KernelUnavailable(f"no C compiler {compiler!r} on PATH (set CC to one)")
+    compiler_path = c_compiler()
     flags = ["-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
     key = hashlib.sha256("\n".join([source.read_text(), compiler_path, str(runtime), torch.__version__, *flags])
                          .encode()).hexdigest()[:16]
