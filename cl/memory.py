@@ -125,6 +125,13 @@ class EpisodicMemory(nn.Module):
             self.y[t].index_copy_(0, slots, y[rows])
         self.filled[t] = min(M, start + len(y))
 
+    def fill(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Copies of one sample (x[0], y[0]) in every slot of task t, all counted as held; the ring's next write still
+        goes to the slot it would have (BCL-Dual's code fills a task's memories so on its first batch)."""
+        self.x[t] = self.encode(t, x[:1])[0]
+        self.y[t] = y[0]
+        self.filled[t] = self.per_task
+
     def store(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Replace what group t holds with these samples, in this order (iCaRL's herding order)."""
         self.x[t, :len(y)] = self.encode(t, x)

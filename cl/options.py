@@ -202,6 +202,7 @@ RULES: dict[str, Rule] = {
     # --- model -----------------------------------------------------------------------------------------------------
     "model.name": Text(),
     "model.head": Choice(("multi", "shared")),
+    "model.linear_init": Choice(("pytorch", "xavier_uniform")),
     "model.trunk.hidden_sizes": ListOf(Int(ge=1), min_len=1),
     "model.trunk.dropout": _PROBABILITY | ListOf(_PROBABILITY, length=5),
     "model.trunk.mul": Float(gt=0),
@@ -338,6 +339,8 @@ RULES: dict[str, Rule] = {
     "approach.n_val": Float(gt=0, lt=1),
     "approach.n_meta": Int(ge=1),
     "approach.accumulate_inner_grads": Bool(),
+    "approach.fill_with_first_sample": Bool(),
+    "approach.update_bn_on_memory": Bool(),
     # --- approach=independent --------------------------------------------------------------------------------------
     "approach.width_divisor": Int(ge=1, optional=True),
     "approach.finetune": Bool(),

@@ -129,7 +129,8 @@ def cifar100_split(data_dir: str, name: str = "cifar100_split", n_tasks: int = 2
         raise ConfigError(f"stream.class_order needs stream.part=all (part={part!r} shifts the labels of consecutive "
                           f"class ids); for BCL's class order use stream.relabel=true")
     data = load_cifar(data_dir, CIFAR100, download, verify_checksums)
-    new_label = (torch.from_numpy(np.random.RandomState(relabel_seed).permutation(100)) if relabel
+    # BCL's data/cifar100.py: torch.manual_seed(seed); class c becomes torch.randperm(100)[c]
+    new_label = (torch.randperm(100, generator=torch.Generator().manual_seed(relabel_seed)) if relabel
                  else torch.arange(100))
     per_task = 100 // n_tasks
     shift = per_task * keep.start

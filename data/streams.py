@@ -62,20 +62,28 @@ def digits5(name: str = "digits5", tasks: Sequence[Sequence[int]] = ((0, 1), (2,
                               valid_from_train)
 
 
+def mnist_transform(normalize: bool, permutation: torch.Tensor | None = None) -> InputTransform:
+    """Pixels in [0, 1], standardized with MNIST's mean and std when `normalize` (GEM and BCL feed the raw [0, 1]
+    pixels: `stream.normalize=false`), then the task's pixel permutation if any."""
+    stats = ((MNIST_MEAN,), (MNIST_STD,)) if normalize else ((0.0,), (1.0,))
+    return InputTransform(*stats, permutation=permutation)
+
+
 def split_mnist(data_dir: str, name: str = "mnist5",
                 tasks: Sequence[Sequence[int]] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)), seed: int = 0,
-                pc_valid: float = 0.1, valid_from_train: bool = False, download: bool = True) -> Stream:
+                pc_valid: float = 0.1, valid_from_train: bool = False, normalize: bool = True,
+                download: bool = True) -> Stream:
     """Split MNIST (BLIP's MNIST-5: digit pairs, 2-way heads). Official BLIP validation = the training set:
     `valid_from_train=true`."""
     m = load_mnist(data_dir, download)
     return class_split_stream(name, m["x_train"], m["y_train"], m["x_test"], m["y_test"], tasks, (1, 28, 28),
-                              InputTransform((MNIST_MEAN,), (MNIST_STD,)), seed, pc_valid, valid_from_train)
+                              mnist_transform(normalize), seed, pc_valid, valid_from_train)
 
 
 def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed: int = 0,
                    first_unpermuted: bool = False, train_per_task: int | None = None, pc_valid: float = 0.1,
                    valid_from_train: bool = False, n_val_tasks: int = 0, part: str = "all",
-                   download: bool = True) -> Stream:
+                   normalize: bool = True, download: bool = True) -> Stream:
     """Permuted MNIST: every task is MNIST (10-way) under its own fixed pixel permutation, drawn from
     (seed, task position) — no cache, so a seed always gives the same permutations. With all training images
     (`train_per_task: null`, BLIP) they are stored once and each task permutes them on the device, per batch;
@@ -98,7 +106,7 @@ def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed:
             idx = torch.randperm(len(full), generator=g)[:train_per_task]
             train, valid = split_valid(Split(full.x[idx], full.y[idx]), pc_valid, valid_from_train, g)
         tasks.append(Task(name=f"p{t}", classes=list(range(10)), train=train, valid=valid, test=test,
-                          transform=InputTransform((MNIST_MEAN,), (MNIST_STD,), permutation=perm)))
+                          transform=mnist_transform(normalize, perm)))
     return Stream(name, tasks[keep.start:keep.stop], (1, 28, 28))
 
 
@@ -115,7 +123,7 @@ def rotate(images: torch.Tensor, degrees: float, mode: str = "nearest") -> torch
 def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_angle: float = 0.0,
                   max_angle: float = 180.0, train_per_task: int | None = 1000, seed: int = 0, pc_valid: float = 0.1,
                   valid_from_train: bool = False, interpolation: str = "nearest", n_val_tasks: int = 0,
-                  part: str = "all", download: bool = True) -> Stream:
+                  part: str = "all", normalize: bool = True, download: bool = True) -> Stream:
     """GEM's rotated MNIST: task t rotates every image by one angle drawn uniformly from the t-th of n_tasks equal
     slices of [min_angle, max_angle] (seeded, unlike GEM's unseeded Python `random`). GEM trains on 1,000 samples
     per task (`train_per_task`; null = all 60,000) and tests on the full rotated test set. `n_val_tasks`/`part`:
@@ -136,5 +144,5 @@ def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_
             continue
         test = Split(rotate(m["x_test"], angle, interpolation), m["y_test"])
         tasks.append(Task(name=f"r{angle:.0f}", classes=list(range(10)), train=train, valid=valid, test=test,
-                          transform=InputTransform((MNIST_MEAN,), (MNIST_STD,))))
+                          transform=mnist_transform(normalize)))
     return Stream(name, tasks, (1, 28, 28))

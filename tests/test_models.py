@@ -101,3 +101,26 @@ def test_model_configs_build(model, shape, out_dim):
         cfg = compose("train", overrides=[f"model={model}"])
     net = hydra.utils.instantiate(cfg.model, input_shape=shape, task_classes=[5, 5], n_shared_classes=10)
     assert net.trunk.out_dim == out_dim and net(torch.zeros(2, *shape), 1).shape == (2, 5)
+
+
+@pytest.mark.parametrize("head", ["multi", "shared"])
+def test_xavier_uniform_linear_init_draws_every_linear_layer_as_gem_and_bcl(head):
+    """model.linear_init=xavier_uniform: every Linear layer, heads included, within ±√(6/(fan_in+fan_out)) with
+    zero biases, spread over the range (not PyTorch's narrower ±1/√fan_in); copies made for other tasks too."""
+    from cl.models import MLP, TaskNetwork
+    from cl.models.network import reinitialized_copy
+
+    torch.manual_seed(0)
+    net = TaskNetwork(lambda input_shape: MLP(input_shape, hidden_sizes=[128, 128]), (1, 28, 28), [10, 10],
+                      head=head, n_shared_classes=10, linear_init="xavier_uniform")
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 3 + (head == "multi")
+    for trunk in (net.trunk, reinitialized_copy(net.trunk, "xavier_uniform")):
+        for m in [m for m in trunk.modules() if isinstance(m, nn.Linear)]:
+            bound = (6.0 / (m.in_features + m.out_features)) ** 0.5
+            w = m.weight.detach().abs()
+            assert float(w.max()) <= bound and float(w.max()) > 0.95 * bound and float(w.mean()) > 0.4 * bound
+            assert torch.count_nonzero(m.bias) == 0
+    default = TaskNetwork(lambda input_shape: MLP(input_shape, hidden_sizes=[128]), (1, 28, 28), [10])
+    first = default.trunk[1]
+    assert float(first.weight.detach().abs().max()) <= 1 / 784 ** 0.5 and torch.count_nonzero(first.bias) > 0

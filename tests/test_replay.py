@@ -124,6 +124,39 @@ def test_gem_memory_gradients_equal_one_backward_per_task(head):
         torch.testing.assert_close(G[u], expected, rtol=1e-5, atol=1e-6)
 
 
+class BatchNormTrunk(torch.nn.Sequential):
+    def __init__(self, input_shape):
+        super().__init__(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.BatchNorm1d(12), torch.nn.ReLU())
+        self.out_dim = 12
+
+
+@pytest.mark.parametrize("update", [True, False])
+def test_gem_memory_passes_leave_batchnorm_statistics_as_the_codes_passes(update):
+    """update_bn_on_memory=true: after the batched memory pass, the running statistics are those of GEM's one pass
+    per earlier task in train mode, task 0 first; false: untouched. The gradients are the same either way."""
+    stream = digits5()
+    net = TaskNetwork(BatchNormTrunk, stream.input_shape, [2, 2, 2, 2, 2])
+    approach = GEM(net, n_memories=12, memory_strength=0.0, update_bn_on_memory=update)
+    approach.setup_stream(stream)
+    data = DeviceStream(stream, "cpu", shared_head=False)
+    for u in range(3):
+        s = data.source(u, "train")
+        approach.memory.add(u, s.transform(s.x[:12]), s.y[:12])
+    approach.train()
+    expected = copy.deepcopy(net.trunk)
+    if update:
+        for u in range(3):
+            expected(approach.memory.task(u)[0])
+    before = copy.deepcopy(net.trunk)
+    G = approach.memory_gradients(3)
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(net.trunk.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+    assert update != all(torch.equal(a, b) for a, b in zip(before.state_dict().values(),
+                                                            net.trunk.state_dict().values()))
+    net.trunk.load_state_dict(before.state_dict())
+    assert torch.allclose(approach.memory_gradients(3), G, atol=1e-6)
+
+
 def test_gem_leaves_an_agreeing_gradient_alone_and_projects_a_conflicting_one():
     approach = tiny_gem("multi", t=2)
     G = approach.memory_gradients(2)
@@ -150,6 +183,48 @@ def test_bcl_dual_never_trains_on_what_its_evaluation_memory_holds(monkeypatch, 
     monkeypatch.setattr(BCLDual, "inner_loss", recording)
     run_pipeline(["approach=bcl_dual", *ONLINE, "approach.n_val=0.2"], tmp_path)
     assert len(seen) > 100 and not any(seen)
+
+
+def code_training_batches(incoming: list[torch.Tensor], n_val: int) -> list[torch.Tensor]:
+    """BCL's `model/bcl_dual.py` observe, its memory part only: x[0] of every batch is held out; on a task's first
+    batch it fills every one of the n_val evaluation slots, and afterwards the slot at the ring position is evicted
+    into the training batch and takes the new sample."""
+    slots, position, trained = None, 0, []
+    for x in incoming:
+        if slots is None:
+            slots = [x[0]] * n_val
+            trained.append(x[1:])
+        else:
+            trained.append(torch.cat([x[1:], slots[position][None]]))
+            slots[position] = x[0]
+        position = (position + 1) % n_val
+    return trained
+
+
+def test_bcl_dual_fill_with_first_sample_trains_what_the_code_trains(monkeypatch, tmp_path):
+    """fill_with_first_sample=true: the training batches are the code's, batch for batch (the first sample of each
+    task trained again by the first n_val − 1 evictions); false: no copies, every sample held out once."""
+    calls = []
+    observe, inner = BCLDual.observe, BCLDual.inner_loss
+    monkeypatch.setattr(BCLDual, "observe", lambda self, x, y, t: calls.append(["in", t, x.clone()]) or
+                        observe(self, x, y, t))
+    monkeypatch.setattr(BCLDual, "inner_loss", lambda self, x, y, t: calls.append(["train", t, x.clone()]) or
+                        inner(self, x, y, t))
+    options = ["approach=bcl_dual", *ONLINE, "approach.n_meta=1", "approach.inner_steps=1", "approach.n_memories=20"]
+    for fill in (True, False):
+        calls.clear()
+        run_pipeline([*options, f"approach.fill_with_first_sample={str(fill).lower()}"], tmp_path / str(fill))
+        for t in range(3):
+            incoming = [x for kind, u, x in calls if kind == "in" and u == t]
+            trained = [x for kind, u, x in calls if kind == "train" and u == t]
+            assert len(incoming) == len(trained) > 10
+            if fill:
+                expected = code_training_batches(incoming, n_val=4)
+                assert all(torch.equal(a, b) for a, b in zip(trained, expected))
+                first = incoming[0][0]
+                assert sum(bool((x == first).flatten(1).all(1).any()) for x in trained[1:4]) == 3
+            else:  # the ring starts empty: the first 4 batches train 9 samples, later ones 10
+                assert [len(x) for x in trained[:6]] == [9, 9, 9, 9, 10, 10]
 
 
 def test_bcl_single_with_beta_1_one_inner_step_and_no_distillation_is_er(tmp_path):

@@ -184,3 +184,25 @@ def test_cifar100_split_reports_its_part_errors_as_before(data_root):
         cifar100_split(str(data_root), n_val_tasks=20, part="cl")
     with pytest.raises(ConfigError, match="must divide the 100 CIFAR-100 classes"):
         cifar100_split(str(data_root), n_tasks=7)
+
+
+# --- pixel scaling -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", [
+    lambda root, **kw: streams.permuted_mnist(root, n_tasks=2, train_per_task=50, download=False, **kw),
+    lambda root, **kw: streams.rotated_mnist(root, n_tasks=2, train_per_task=50, download=False, **kw),
+    lambda root, **kw: streams.split_mnist(root, tasks=[[0, 1], [2, 3]], download=False, **kw),
+])
+def test_mnist_streams_feed_raw_pixels_without_normalize(build, mnist_dir):
+    """GEM's and BCL's data files hold pixels / 255: `normalize=false` gives exactly those (still permuted per task);
+    the default standardizes them with MNIST's mean and std."""
+    raw, standard = build(str(mnist_dir), normalize=False), build(str(mnist_dir))
+    for kind in (raw, standard):
+        assert torch.equal(kind.tasks[1].train.x, raw.tasks[1].train.x)  # the stored uint8 images are the same
+    task = raw.tasks[1]
+    pixels = task.transform(task.train.x[:20])
+    expected = task.train.x[:20].float() / 255.0
+    if task.transform.permutation is not None:
+        expected = expected.flatten(1)[:, task.transform.permutation].view(expected.shape)
+    assert torch.equal(pixels, expected) and 0.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+    standardized = standard.tasks[1].transform(task.train.x[:20])
+    torch.testing.assert_close(standardized, (expected - 0.1307) / 0.3081)

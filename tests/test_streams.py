@@ -71,8 +71,10 @@ def test_cifar100_split_gem_and_bcl(data_root):
     assert len(bcl) == 17 and bcl.n_global_classes == 85 and bcl.tasks[0].classes == [0, 1, 2, 3, 4]
     val = cifar100_split(str(data_root), relabel=True, n_val_tasks=3, part="val")
     assert len(val) == 3
-    # the relabelling is a seeded permutation: task 0 of `val` holds the originals mapped to new labels 0..4
-    perm = np.random.RandomState(0).permutation(100)
+    # BCL's data/cifar100.py: torch.manual_seed(0), class c becomes torch.randperm(100)[c]; task 0 of `val` holds
+    # the originals mapped to new labels 0..4
+    torch.manual_seed(0)
+    perm = torch.randperm(100).numpy()
     originals = sorted(int(np.where(perm == new)[0][0]) for new in range(5))
     x = load_cifar(str(data_root), data.cifar.CIFAR100)
     expected = torch.cat([x["x_test"][x["y_test"] == c] for c in originals])

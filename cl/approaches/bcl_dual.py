@@ -12,8 +12,12 @@ Per incoming batch (x, y) of task t:
    gradient taken at the fast weights); θ ← θ₀ + β(θ − θ₀).
 
 `accumulate_inner_grads: true` keeps the code's gradients, never zeroed between the inner steps nor before the outer
-step (so each step also re-applies the earlier ones' gradients); false zeroes them before every step. The
-evaluation memory draw no longer filters the replay positions (the code's index filter mixed two position spaces)."""
+step (so each step also re-applies the earlier ones' gradients); false zeroes them before every step.
+`fill_with_first_sample: true` keeps the code's start of a task: on its first batch every slot of both memories
+holds a copy of one sample (the evaluation memory's of the batch's first, held-out sample, the replay memory's of the
+first training sample), so the evaluation memory's first n_val − 1 evictions train that sample again and the first
+outer steps see only it; false fills the memories as the samples arrive. The evaluation memory draw no longer filters
+the replay positions (the code's index filter mixed two position spaces, dropping replay samples at random)."""
 from __future__ import annotations
 
 import torch
@@ -27,12 +31,13 @@ from cl.models.network import TaskNetwork
 
 class BCLDual(BCLSingle):
     def __init__(self, net: TaskNetwork, n_val: float = 0.2, n_meta: int = 2, accumulate_inner_grads: bool = False,
-                 **kwargs):
+                 fill_with_first_sample: bool = False, **kwargs):
         if not 0 < n_val < 1:
             raise ConfigError(f"approach.n_val={n_val} must be a fraction in (0, 1): the share of each task's memory "
                               f"held out for the outer step")
         super().__init__(net, **kwargs)
         self.n_val, self.n_meta, self.accumulate_inner_grads = n_val, n_meta, accumulate_inner_grads
+        self.fill_with_first_sample = fill_with_first_sample
         self.val_slots = int(n_val * self.n_memories)
         if self.val_slots < 1 or self.val_slots >= self.n_memories:
             raise ConfigError(f"approach.n_val={n_val} of approach.n_memories={self.n_memories} leaves "
@@ -47,11 +52,20 @@ class BCLDual(BCLSingle):
         return self.n_memories - self.val_slots
 
     def observe(self, x, y, t):
-        evicted = self.eval_memory.add(t, *gather_from_ranks(x[:1], y[:1]))  # every rank's first sample
+        held_out = gather_from_ranks(x[:1], y[:1])  # every rank's first sample
+        if self.fill_with_first_sample and self.eval_memory.seen[t] == 0:
+            self.eval_memory.fill(t, *held_out)
+            self.eval_memory.add(t, *held_out)
+            evicted = None  # the code trains on no copy in the task's first batch
+        else:
+            evicted = self.eval_memory.add(t, *held_out)
         x, y = x[1:], y[1:]
         if evicted is not None:  # what this rank's sample pushed out joins its training batch
             x, y = torch.cat([x, evicted[0][rank()::world_size()]]), torch.cat([y, evicted[1][rank()::world_size()]])
-        self.memory.add(t, *gather_from_ranks(x, y))
+        training = gather_from_ranks(x, y)
+        if self.fill_with_first_sample and self.memory.seen[t] == 0 and len(training[1]):
+            self.memory.fill(t, *training)
+        self.memory.add(t, *training)
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(self.n_meta):
             start = self.weights()

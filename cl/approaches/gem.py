@@ -7,7 +7,9 @@ with quadprog, the code's own solver.
 The earlier tasks' gradients are computed together: `torch.func.vmap` over the tasks of the gradient of each task's
 mean memory loss, i.e. one batched forward and backward over all memories, reduced per task (not one backward per
 task). A network with BatchNorm normalizes each task's memory with its own batch statistics, as GEM's per-task
-passes do; their running-statistics updates are discarded. Dropout draws a mask per task's pass."""
+passes do, and (`update_bn_on_memory: true`, as the code's passes in train mode) its running statistics then hold
+what those passes, one task after the other, would have left; false discards their updates. Dropout draws a mask
+per task's pass."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from cl.approaches.replay import ReplayApproach
+from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 
 EPS = 1e-3
@@ -41,9 +44,9 @@ def project_to_cone(g: torch.Tensor, G: torch.Tensor, margin: float) -> torch.Te
 
 
 class GEM(ReplayApproach):
-    def __init__(self, net: TaskNetwork, memory_strength: float = 0.5, **kwargs):
+    def __init__(self, net: TaskNetwork, memory_strength: float = 0.5, update_bn_on_memory: bool = True, **kwargs):
         super().__init__(net, **kwargs)
-        self.memory_strength = memory_strength
+        self.memory_strength, self.update_bn_on_memory = memory_strength, update_bn_on_memory
 
     def observe(self, x, y, t):
         G = self.memory_gradients(t) if t > 0 else None
@@ -83,6 +86,8 @@ class GEM(ReplayApproach):
         trunk_g, w_g, b_g = vmap(grad(task_loss, argnums=(0, 1, 2)), in_dims=(None, head_dim, head_dim, 0, 0, 0, 0),
                                  randomness="different")(
             trunk, head_w, head_b, buffers, x, mem.y[:t], weight)
+        if self.update_bn_on_memory and net.training:
+            self.apply_sequential_updates(buffers, t)
         by_param = {id(p): trunk_g[k] for k, p in net.trunk.named_parameters()}
         if net.multi_head:  # row u holds head u's gradient; the other heads' rows are zero
             for u, h in enumerate(heads):
@@ -94,3 +99,24 @@ class GEM(ReplayApproach):
             by_param[id(heads[0].weight)], by_param[id(heads[0].bias)] = w_g, b_g
         return torch.cat([by_param[id(p)].reshape(t, -1) if id(p) in by_param else x.new_zeros(t, p.numel())
                           for p in self.trained()], dim=1)
+
+    @torch.no_grad()
+    def apply_sequential_updates(self, per_task: dict[str, torch.Tensor], t: int) -> None:
+        """Set the trunk's BatchNorm running statistics to what t passes over the memories, task 0 first, leave: each
+        pass moved them from r to (1 − m)·r + m·s_u (`per_task[k][u]`, all from the same r), so the chain of the t
+        passes gives (1 − m)ᵗ·r + Σ_u (1 − m)^(t−1−u)·m·s_u; the batch counters advance by t."""
+        trunk = self.net.trunk
+        for key, stats in per_task.items():
+            owner, name = key.rsplit(".", 1) if "." in key else ("", key)
+            running = trunk.get_buffer(key)
+            if name == "num_batches_tracked":
+                running.add_(t)
+                continue
+            m = trunk.get_submodule(owner).momentum
+            if m is None:  # a cumulative average: each pass weighs by its own batch count, no closed form kept here
+                raise ConfigError("approach.update_bn_on_memory=true needs BatchNorm layers with a momentum; set it "
+                                  "to false for layers built with momentum=None")
+            keep = 1.0 - m
+            weights = keep ** torch.arange(t - 1, -1, -1, dtype=stats.dtype, device=stats.device)
+            moved = stats - keep * running  # m·s_u
+            running.mul_(keep ** t).add_((weights.view(-1, *[1] * running.dim()) * moved).sum(0))

@@ -29,7 +29,7 @@ class Independent(ContinualApproach):
             self.heads = nn.ModuleList(nn.Linear(hidden[-1], task.n_classes) for task in stream.tasks)
             return
         # the network's own trunk serves task 1; the other tasks get fresh re-initializations of it
-        self.extra_trunks = nn.ModuleList(reinitialized_copy(self.net.trunk) for _ in range(len(stream) - 1))
+        self.extra_trunks = nn.ModuleList(reinitialized_copy(self.net.trunk, self.net.linear_init) for _ in range(len(stream) - 1))
 
     def trunk_for(self, task: int) -> nn.Module:
         if self.width_divisor:

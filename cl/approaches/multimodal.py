@@ -16,7 +16,8 @@ class Multimodal(ContinualApproach):
         super().setup_stream(stream)
         name, first = next((n, m) for n, m in self.net.trunk.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
         self.input_layer = f"trunk.{name}"
-        self.extra_input_layers = nn.ModuleList(reinitialized_copy(first) for _ in range(len(stream) - 1))
+        self.extra_input_layers = nn.ModuleList(reinitialized_copy(first, self.net.linear_init)
+                                                for _ in range(len(stream) - 1))
 
     def input_layer_for(self, task: int) -> nn.Module:
         return self.net.get_submodule(self.input_layer) if task == 0 else self.extra_input_layers[task - 1]

@@ -15,14 +15,29 @@ from torch import nn
 from cl.errors import ConfigError
 
 HEAD_MODES = ("multi", "shared")
+# pytorch: each layer's own reset_parameters; xavier_uniform: every Linear layer (heads included) drawn from
+# U(±√(6 / (fan_in + fan_out))) with zero biases, as the GEM and BCL codes' MLP (model/common.py, Xavier)
+LINEAR_INITS = ("pytorch", "xavier_uniform")
 
 
-def reinitialized_copy(module: nn.Module) -> nn.Module:
+def initialize_linear(module: nn.Module, scheme: str) -> None:
+    """Re-draw the Linear layers of `module` by `scheme` (LINEAR_INITS); 'pytorch' leaves them as built."""
+    if scheme == "pytorch":
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def reinitialized_copy(module: nn.Module, linear_init: str = "pytorch") -> nn.Module:
     """A copy of `module` (its layout) with every layer freshly initialized, as a new network of that shape starts."""
     fresh = copy.deepcopy(module)
     for m in fresh.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
+    initialize_linear(fresh, linear_init)
     return fresh
 
 
@@ -44,11 +59,13 @@ def layer_labels(module: nn.Module) -> dict[str, str]:
 
 class TaskNetwork(nn.Module):
     def __init__(self, trunk: Callable[..., nn.Module], input_shape: Sequence[int], task_classes: Sequence[int],
-                 head: str = "multi", n_shared_classes: int | None = None, name: str = "model"):
+                 head: str = "multi", n_shared_classes: int | None = None, name: str = "model",
+                 linear_init: str = "pytorch"):
         super().__init__()
         self.name = name
         if head not in HEAD_MODES:
             raise ConfigError(f"model.head={head!r} is not one of {HEAD_MODES}; use model.head=multi or model.head=shared")
+        self.linear_init = linear_init
         self.input_shape = tuple(input_shape)
         self.head_mode = head
         self.trunk = trunk(input_shape=self.input_shape)
@@ -58,6 +75,7 @@ class TaskNetwork(nn.Module):
         else:
             n = n_shared_classes if n_shared_classes is not None else max(task_classes)
             self.heads = nn.ModuleList([nn.Linear(out_dim, n)])
+        initialize_linear(self, linear_init)
 
     def start_task(self, task: int) -> None:
         """Let the trunk change behaviour per task (e.g. ResNet-18 with BatchNorm statistics frozen after task 1)."""
