@@ -8,7 +8,9 @@ the supervised side's pieces: BLIP's quantizer and Fisher scale (cl/blip), the e
   trunk is projected into its frozen bits' box after every Adam step; at the end of a game the Fisher of the
   policy's log-likelihood of sampled actions on the last rollout grows the bits.
 - online_ewc: the trunk is pulled toward the last game's parameters by (λ/2)·Σ F (θ − θ*)², F the summed Fisher of
-  the same policy log-likelihood (γ = 1 sums, as the official baseline).
+  the same policy log-likelihood (γ = 1 sums, as the official baseline). `fisher_estimator` picks how F is estimated
+  from the minibatches: `per_sample`, the textbook mean of squared per-sample gradients, or `minibatch_mean`, the
+  official baseline's mean over minibatches of the squared minibatch-mean gradient (about 1/B of the former).
 """
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ from cl.per_sample import gradient_statistics, sampled_label_nll
 from rl.network import ActorCritic
 
 
-def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor,
-                       minibatches: int) -> tuple[dict[str, torch.Tensor], int, int]:
+FISHER_ESTIMATORS = ("per_sample", "minibatch_mean")
+
+
+def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor, minibatches: int,
+                       per_sample: bool = True) -> tuple[dict[str, torch.Tensor], int, int]:
     """Σ_i g_i² over the trunk's Linear/Conv2d parameters (names in the trunk), g_i the gradient of
     −log π_t(a_i|s_i) with a_i sampled from the policy itself, over `minibatches` equal minibatches of the states
-    `obs` (the remainder dropped, as the official code). Returns (sums, samples, minibatch size)."""
+    `obs` (the remainder dropped, as the official code). With `per_sample=False`, Σ_k (Σ_{i∈k} g_i)² over the
+    minibatches k instead. Returns (sums, samples, minibatch size)."""
     layers = dict(quantized_layers(agent.trunk))
     size = len(obs) // minibatches
     if size < 1:
@@ -37,8 +43,25 @@ def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor,
     order = torch.randperm(len(obs), device=obs.device)[:size * minibatches]
     noise = torch.rand(len(order), device=obs.device)
     batches = ((obs[order[i:i + size]], noise[i:i + size]) for i in range(0, len(order), size))
-    sums, count = gradient_statistics(layers, lambda x: agent.logits(x, t), batches, sampled_label_nll, "square")
+    sums, count = gradient_statistics(layers, lambda x: agent.logits(x, t), batches, sampled_label_nll, "square",
+                                      per_sample=per_sample)
     return sums, count, size
+
+
+def policy_fisher(agent: ActorCritic, t: int, obs: torch.Tensor, minibatches: int,
+                  estimator: str) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher of the trunk for game t's policy on the states `obs` (see `policy_fisher_sums`), with
+    K = `minibatches` minibatches of B states, N = K·B:
+    - per_sample: (1/N) Σ_i g_i², the textbook (per-sample) Fisher;
+    - minibatch_mean: (1/K) Σ_k ḡ_k², ḡ_k the gradient of minibatch k's mean loss −(1/B) Σ_{i∈k} log π(a_i|s_i):
+      BLIP's official online-EWC baseline (RL/rl_module/ppo_ewc.py estimate_fisher: 32 minibatches of the last
+      rollout, F += B·ḡ² per minibatch, then F /= N). For the score function ḡ_k averages out to about 1/B of the
+      per-sample Fisher."""
+    per_sample = estimator == "per_sample"
+    sums, count, size = policy_fisher_sums(agent, t, obs, minibatches, per_sample=per_sample)
+    # minibatch_mean: the sums hold (B·ḡ_k)², so Σ_k ḡ_k² / K = sums / (B²·K) = sums / (B·N)
+    scale = count if per_sample else count * size
+    return {k: v / scale for k, v in sums.items()}
 
 
 class RLApproach(nn.Module):
@@ -128,11 +151,16 @@ class BLIP(RLApproach):
 class OnlineEWC(RLApproach):
     name = "online_ewc"
 
-    def __init__(self, lamb: float = 5000.0, gamma: float = 1.0, fisher_minibatches: int = 32):
+    def __init__(self, lamb: float = 5000.0, gamma: float = 1.0, fisher_minibatches: int = 32,
+                 fisher_estimator: str = "per_sample"):
         super().__init__()
         if lamb < 0 or not 0 <= gamma <= 1:
             raise ConfigError(f"rl_approach: online_ewc needs lamb >= 0 and gamma in [0, 1] (got {lamb}, {gamma})")
+        if fisher_estimator not in FISHER_ESTIMATORS:
+            raise ConfigError(f"rl_approach.fisher_estimator={fisher_estimator!r} is not one of "
+                              f"{', '.join(FISHER_ESTIMATORS)}")
         self.lamb, self.gamma, self.fisher_minibatches = lamb, gamma, fisher_minibatches
+        self.fisher_estimator = fisher_estimator
         self.register_buffer("tasks_consolidated", torch.zeros((), dtype=torch.long))
         self.terms: QuadraticTerms | None = None
         self._folded: FoldedQuadratic | None = None
@@ -151,11 +179,11 @@ class OnlineEWC(RLApproach):
             self._folded.add_gradient()
 
     def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
-        sums, count, _ = policy_fisher_sums(agent, t, states, self.fisher_minibatches)
+        fisher = policy_fisher(agent, t, states, self.fisher_minibatches, self.fisher_estimator)
         term = self.terms[0]
         with torch.no_grad():
             for name, value in term.importance.as_dict().items():
-                value.mul_(self.gamma).add_(sums[name] / count)  # the textbook per-sample Fisher
+                value.mul_(self.gamma).add_(fisher[name])
             term.anchor.copy_([p.detach() for p in self.regularized.values()])
         self.tasks_consolidated += 1
         self._folded = None

@@ -11,6 +11,13 @@ Atari runs in ale-py's `AtariVectorEnv` (bench/atari_vector_envs.py measured the
 preprocessing (no-op reset up to 30, frame skip 4 with max-pool, 84×84 grey, 4-frame stack, fire on reset) in C++
 threads. Its own `episodic_life` restarts the whole game at a lost life (ale-py 0.12), so the life signal is read
 from `lives` here instead and the game goes on, as in DeepMind's wrapper.
+
+Episode cap (`max_frames_per_episode`, in emulator frames, `frame_skip` per agent step): a number, or `gym_v4`, the
+TimeLimit that gym registered for the official code's `<Game>NoFrameskip-v4` ids: 100,000 × the frame skip of the
+game's `Deterministic` ids, i.e. 400,000 frames, but 300,000 for space_invaders (gym/envs/__init__.py of the gym
+releases with atari_py, which the official envs.py needs, up to 0.20; in 0.18.3 lines 621-624 and 653-659; ale-py's
+own later registration of these ids caps them at 108,000 instead). A game cut by the cap ends as a game over, as
+gym's TimeLimit ends it.
 """
 from __future__ import annotations
 
@@ -19,6 +26,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from cl.errors import ConfigError
+
+
+GYM_V4 = "gym_v4"
+
+
+def gym_v4_max_frames(game: str) -> int:
+    """The frames gym's TimeLimit allows one episode of `<Game>NoFrameskip-v4` (ale-py ROM id `game`)."""
+    deterministic_frame_skip = 3 if game == "space_invaders" else 4
+    return 100_000 * deterministic_frame_skip
+
+
+def episode_frame_cap(game: str, setting: int | str) -> int:
+    """`max_frames_per_episode` for one game: the number itself, or gym's NoFrameskip-v4 cap for `gym_v4`."""
+    if setting == GYM_V4:
+        return gym_v4_max_frames(game)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(f"rl_stream.max_frames_per_episode={setting!r} must be an integer >= 1 or {GYM_V4!r}")
+    return setting
 
 
 @dataclass
@@ -40,17 +65,18 @@ class AtariGames:
     obs_scale = 255.0
 
     def __init__(self, game: str, num_envs: int, seed: int, episodic_life: bool = True, noop_max: int = 30,
-                 frame_skip: int = 4, frame_stack: int = 4, max_frames_per_episode: int = 108_000):
+                 frame_skip: int = 4, frame_stack: int = 4, max_frames_per_episode: int | str = GYM_V4):
         from ale_py.roms import get_all_rom_ids
         from ale_py.vector_env import AtariVectorEnv
 
         if game not in get_all_rom_ids():
             raise ConfigError(f"rl_stream: ale-py has no Atari game {game!r}; use its ROM ids (snake_case), e.g. "
                               f"kung_fu_master or space_invaders")
+        self.max_frames_per_episode = episode_frame_cap(game, max_frames_per_episode)
         self.env = AtariVectorEnv(game, num_envs, noop_max=noop_max, frameskip=frame_skip, stack_num=frame_stack,
                                   img_height=84, img_width=84, grayscale=True, episodic_life=False,
                                   reward_clipping=False, repeat_action_probability=0.0,
-                                  max_num_frames_per_episode=max_frames_per_episode, autoreset_mode="SameStep")
+                                  max_num_frames_per_episode=self.max_frames_per_episode, autoreset_mode="SameStep")
         self.num_envs, self.episodic_life, self.seed = num_envs, episodic_life, seed
         self.n_actions = int(self.env.single_action_space.n)
         self.obs_shape = (frame_stack, 84, 84)
