@@ -2,13 +2,16 @@
 as the task's stream goes by, either as a ring (the GEM/BCL codes' "last M samples of the task") or by reservoir
 sampling (a uniform sample of everything the task showed so far).
 
-Samples are stored compactly on the training device: as the stream's uint8 pixels where its inputs are uint8
-images (the normalization is undone exactly and redone on read), else as float32. The slots are registered buffers
+Samples are stored on the training device as the model inputs (float32), or, where the stream's inputs are uint8
+images and the float memory would exceed `max_float_bytes` (64 MiB: not MNIST's or CIFAR's memories, ImageNet-sized
+ones), compactly as the uint8 pixels (the normalization is undone exactly and redone on read, a cost at every
+replay draw). The slots are registered buffers
 and the fill counters extra state, so checkpoints carry the memory and a resumed run continues it bit for bit.
 Reservoir draws come from a hash of (seed, task, sample number), not from a generator: the same on every rank and
 after a resume, whatever else drew random numbers in between."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -38,16 +41,18 @@ class Replay(NamedTuple):
 
 class EpisodicMemory(nn.Module):
     def __init__(self, stream: Stream, per_task: int, policy: str = "ring", seed: int = 0,
-                 group_tasks: list[int] | None = None):
+                 group_tasks: list[int] | None = None, max_float_bytes: int = 64 << 20):
         """One group of `per_task` slots per task; or, with `group_tasks`, one group per entry, holding samples of
         that task (iCaRL keeps one group per class)."""
         super().__init__()
         self.per_task, self.policy, self.seed = per_task, policy, seed
         group_tasks = list(range(len(stream))) if group_tasks is None else group_tasks
         self.n_tasks = len(group_tasks)
-        # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, disk-cached images): 4× smaller than floats
-        self.as_uint8 = all(isinstance(t.train.x, MemmapImages) or t.train.x.dtype == torch.uint8
-                            for t in stream.tasks)
+        # uint8 where every task's raw inputs are uint8 (MNIST, CIFAR, disk-cached images) and floats would be large:
+        # 4× smaller
+        float_bytes = 4 * self.n_tasks * per_task * math.prod(stream.input_shape)
+        self.as_uint8 = float_bytes > max_float_bytes and all(
+            isinstance(t.train.x, MemmapImages) or t.train.x.dtype == torch.uint8 for t in stream.tasks)
         self.transforms: list[InputTransform] = [stream.tasks[task].transform for task in group_tasks]
         self._stats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.same_normalization = len({(tuple(tf.mean), tuple(tf.std)) for tf in self.transforms}) == 1
@@ -165,8 +170,9 @@ class EpisodicMemory(nn.Module):
             task_pos = torch.bucketize(pick, ends, right=True)
             slot = pick - (ends - torch.tensor(sizes, device=device))[task_pos]
         task_ids = task_pos + tasks.start
-        y = self.y[task_ids, slot]
-        stored = self.x[task_ids, slot]
+        flat = task_ids * self.per_task + slot  # one index_select on the flattened slots: cheaper than x[task, slot]
+        y = self.y.view(-1).index_select(0, flat)
+        stored = self.x.flatten(0, 1).index_select(0, flat)
         if not self.as_uint8:
             return Replay(stored, y, task_ids, slot)
         if self.same_normalization:

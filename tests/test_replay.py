@@ -63,15 +63,16 @@ def test_memory_state_survives_a_reload_bit_for_bit_and_continues_identically():
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
 
 
-def test_uint8_storage_gives_back_the_model_inputs_bit_for_bit():
+def test_memory_storage_float_or_uint8_gives_back_the_model_inputs_bit_for_bit():
     stream = permuted_mnist(str(SHARED_DATA), n_tasks=2, train_per_task=300, download=False)
     source = DeviceStream(stream, "cpu", shared_head=True).source(1, "train")
     x = source.transform(source.x[:50])
-    memory = EpisodicMemory(stream, per_task=64)
-    memory.add(1, x, source.y[:50])
-    assert memory.x.dtype == torch.uint8
-    assert torch.equal(memory.task(1)[0], x)
-    assert torch.equal(memory.sample(range(2), 64).x.sort(0).values, x.sort(0).values)
+    for limit, dtype in ((0, torch.uint8), (64 << 20, torch.float32)):  # uint8 only where floats would be large
+        memory = EpisodicMemory(stream, per_task=64, max_float_bytes=limit)
+        memory.add(1, x, source.y[:50])
+        assert memory.x.dtype == dtype
+        assert torch.equal(memory.task(1)[0], x)
+        assert torch.equal(memory.sample(range(2), 64).x.sort(0).values, x.sort(0).values)
 
 
 # --- the projections -------------------------------------------------------------------------------------------------

@@ -47,12 +47,20 @@ class GEM(ReplayApproach):
     def __init__(self, net: TaskNetwork, memory_strength: float = 0.5, update_bn_on_memory: bool = True, **kwargs):
         super().__init__(net, **kwargs)
         self.memory_strength, self.update_bn_on_memory = memory_strength, update_bn_on_memory
+        self._past_memories: torch.Tensor | None = None
 
     def observe(self, x, y, t):
         G = self.memory_gradients(t) if t > 0 else None
         loss = F.cross_entropy(self(x, t), y)
         self.sgd_step(loss, adjust=(lambda: self.constrain(G)) if G is not None else None)
         return loss.detach()
+
+    def past_memories(self, t: int) -> torch.Tensor:
+        """[t, M, *input]: the memories of the tasks before t as model inputs. Task t writes only its own memory, so
+        they are decoded once per task, not at every step."""
+        if self._past_memories is None or len(self._past_memories) != t:
+            self._past_memories = torch.stack([self.memory.decode(u, self.memory.x[u]) for u in range(t)])
+        return self._past_memories
 
     def constrain(self, G: torch.Tensor) -> None:
         g = self.flat_gradient()
@@ -63,7 +71,7 @@ class GEM(ReplayApproach):
         """[t, P]: row u is the gradient of task u's mean loss on its memory, over the trained parameters (in
         `self.trained()` order, as `flat_gradient`)."""
         mem, net = self.memory, self.net
-        x = torch.stack([mem.decode(u, mem.x[u]) for u in range(t)])
+        x = self.past_memories(t)
         filled = torch.tensor(mem.filled[:t], device=x.device)
         weight = (torch.arange(mem.per_task, device=x.device) < filled[:, None]) / filled.clamp_min(1)[:, None]
         trunk = {k: p.detach() for k, p in net.trunk.named_parameters()}

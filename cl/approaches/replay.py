@@ -156,21 +156,22 @@ class MetaReplay(ReplayApproach):
         self.beta, self.adapt, self.adapt_lr, self.interpolate_buffers = beta, adapt, adapt_lr, interpolate_buffers
 
     # --- Reptile interpolation ------------------------------------------------------------------------------------------
-    def interpolated(self) -> list[torch.Tensor]:
-        tensors = [p for p in self.net.parameters()]
+    def on_train_start(self):
+        super().on_train_start()
+        # listed once per task (the network's tensors stay the same objects): twice per step is a cost at batch 10
+        tensors = [p.detach() for p in self.net.parameters()]
         if self.interpolate_buffers:  # the code interpolates its whole state_dict, BatchNorm statistics included
             tensors += [b for b in self.net.buffers() if b.is_floating_point()]
-        return tensors
+        self.interpolated = tensors
 
     def weights(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.interpolated()]
+        return [p.clone() for p in self.interpolated]
 
     @torch.no_grad()
     def interpolate(self, start: list[torch.Tensor]) -> None:
         """θ ← θ₀ + β(θ − θ₀), as a lerp: β = 1 keeps θ exactly."""
-        now = [p.detach() for p in self.interpolated()]
-        torch._foreach_lerp_(start, now, self.beta)
-        torch._foreach_copy_(now, start)
+        torch._foreach_lerp_(start, self.interpolated, self.beta)
+        torch._foreach_copy_(self.interpolated, start)
 
     # --- test-time adaptation --------------------------------------------------------------------------------------------
     def adapted_copy(self, task: int) -> torch.nn.Module:
