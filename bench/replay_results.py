@@ -1,8 +1,9 @@
 """The GEM and BCL protocols on real MNIST, over seeds: GEM's permuted and rotated MNIST (20 tasks × 1000 samples,
 batch 10, one epoch, MLP 784-100-100-10, shared head) with gem, single (sgd), ewc (GEM's estimator), independent and
 multimodal;
-BCL's permuted MNIST -cl part (tasks 4-20 of 20, 1000 samples each, MLP 784-128-128-128-10) with bcl_dual, er, agem
-and gem.
+BCL's settings on GEM's data amount (20 permuted-MNIST tasks of 1000 samples each: `experiment=bcl_dual_pmnist
+stream.train_per_task=1000`, not the recipe's 60,000; MLP 784-128-128-128-10) with bcl_dual, er, agem and gem. The
+recipe's own protocol is `bench/parity.py`'s.
 
     python bench/replay_results.py [--seeds 3] [--data-dir ../shared/data] [--out outputs/bench_replay]
 
@@ -52,11 +53,14 @@ PROTOCOLS = {
         "independent": ["experiment=gem_single_rotmnist", *GEM_INDEPENDENT, "approach.lr=0.1"],
         "multimodal": ["experiment=gem_single_rotmnist", "approach=multimodal", "approach.lr=0.1"],
     },
-    "BCL permuted MNIST, -cl part (17 tasks)": {
-        "bcl_dual": ["experiment=bcl_dual_pmnist"],
-        **{name: ["experiment=gem_single_pmnist", f"approach={name}", "stream.n_val_tasks=3", "stream.part=cl",
-                  "model.trunk.hidden_sizes=[128,128,128]", "approach.lr=0.03", "approach.n_memories=256", *extra]
-           for name, extra in (("er", []), ("agem", []), ("gem", []))},
+    "BCL permuted MNIST, 1000 samples per task (20 tasks)": {
+        "bcl_dual": ["experiment=bcl_dual_pmnist", "stream.train_per_task=1000"],
+        # the same tasks as bcl_dual's (positions 4-23 of 23), pixels and MLP (GEM's single recipe: raw pixels,
+        # Xavier-uniform)
+        **{name: ["experiment=gem_single_pmnist", f"approach={name}", "stream.n_tasks=23", "stream.n_val_tasks=3",
+                  "stream.part=cl", "model.trunk.hidden_sizes=[128,128,128]", "approach.lr=0.03",
+                  "approach.n_memories=256"]
+           for name in ("er", "agem", "gem")},
     },
 }
 

@@ -362,8 +362,26 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
+# the packages an optional part needs (pyproject.toml extras), by what the config selects
+EXTRAS = {("rl_stream.kind", "atari"): ("rl", ("gymnasium", "ale_py")),
+          ("rl_stream.kind", "minatar"): ("rl", ("minatar",))}
+
+
+def check_installed(cfg: DictConfig) -> None:
+    """Raise ConfigError when the config selects a part whose optional packages are not installed."""
+    from importlib.util import find_spec
+
+    for (key, choice), (extra, modules) in EXTRAS.items():
+        if OmegaConf.select(cfg, key, default=None) == choice:
+            missing = [m for m in modules if find_spec(m) is None]
+            if missing:
+                raise ConfigError(f"{key}={choice} needs {', '.join(missing)}, which is not installed: "
+                                  f"pip install -e \".[{extra}]\" (or \".[all]\")")
+
+
 def check_options(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable)."""
+    """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable), or for a
+    selected part whose optional packages are missing."""
     for key, rule in RULES.items():
         try:
             value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
@@ -375,3 +393,4 @@ def check_options(cfg: DictConfig) -> None:
         problem = rule.problem(value)
         if problem is not None:
             raise ConfigError(f"{key}={value!r} {problem}")
+    check_installed(cfg)

@@ -109,3 +109,29 @@ def test_cli_reports_a_bad_value_before_the_heavy_imports(value, expected, tmp_p
     assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stdout.split()[-3:] == ["exit", "1", "light"]
+
+
+# --- optional parts (pyproject.toml extras) ------------------------------------------------------------------------
+def test_optional_parts_are_extras_and_the_test_install_takes_them():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for package in ("gymnasium", "ale-py", "minatar", "hydra-joblib-launcher", "hydra-optuna-sweeper"):
+        assert package not in base  # a supervised-only install does not pull them
+    assert any(d.startswith("ale-py") for d in extras["rl"]) and any("optuna" in d for d in extras["sweeps"])
+    assert "cl-pipeline[rl,sweeps]" in extras["dev"]  # the README's test command installs everything the tests use
+
+
+@pytest.mark.parametrize("experiment,module", [("rl_atari6_blip", "ale_py"), ("rl_minatar_blip", "minatar")])
+def test_a_selected_part_without_its_extra_stops_with_one_line(experiment, module, tmp_path, monkeypatch):
+    import importlib.util
+
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    with pytest.raises(ConfigError) as err:
+        check_options(cfg)
+    assert f"needs {module}" in str(err.value) and 'pip install -e ".[rl]"' in str(err.value)
+    assert "\n" not in str(err.value)
