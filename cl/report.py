@@ -4,13 +4,16 @@ confidence interval instead of by eye:
     python -m cl.report <run or sweep dir> [--out DIR]        (default out: <dir>/report)
 
 Every `results.json` below the dir is read once (a copy with the same content, e.g. in `wandb/offline-run-*/files/`,
-is the same run). The complete runs are grouped by (stream, model, approach, number of tasks) and summarized as
-mean ± 95 % CI half-width over seeds; incomplete and failed runs (`failed.txt`) are listed, never averaged in.
-Writes report.md, report.csv and the figures (docs/report.md)."""
+is the same run). The complete runs are grouped by every setting but the seed (their resolved `config` without the
+keys of NOT_SETTINGS; a short hash names each group) and summarized as mean ± 95 % CI half-width over the group's
+seeds, one run per seed; groups that the table would show alike get a column per setting that tells them apart.
+Incomplete and failed runs (`failed.txt`) are listed, never averaged in. Writes report.md, report.csv, groups.json
+and the figures (docs/report.md)."""
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import re
@@ -34,6 +37,17 @@ ACC_STATS = (("acc", "ACC", "%"), ("bwt", "BWT", "pp"), ("fwt", "FWT", "pp"), ("
 ACC_KEYS = tuple(k for k, _, _ in ACC_STATS)
 STATS = ACC_KEYS + ("time_s", "cl_state_bytes")
 GROUP = ("stream", "model", "approach", "tasks")
+# config keys (dotted paths; a key drops its whole subtree) that say where a run lives, how it is logged or shown,
+# or whether it resumed, not what it trained: runs that differ only in these are seeds of one group. The seed itself
+# is left out too: `seed`, and any key named `seed` deeper down that holds the run's seed (conf/ sets stream.seed and
+# approach.seed to ${seed}); a `seed` key set apart from the run's seed is a setting.
+NOT_SETTINGS = frozenset({
+    "hydra", "paths", "logger", "run_name", "run_group", "run_tags", "resume", "checkpoint_every_n_steps",
+    "stream.data_dir", "stream.download",  # where the data are read from, and whether a missing copy is fetched
+    "callbacks.progress_bar", "callbacks.task_files",  # the progress display; the MAS re-implementation's files
+    "trainer.enable_model_summary", "trainer.enable_checkpointing", "trainer.log_every_n_steps",
+    "rl_eval.gif_frames"})  # frames of the RL GIF matrix
+BOUNDS = (0.0, 100.0)  # the range of an accuracy or a capacity in %: their plotted intervals are cut to it
 
 
 def collect(root: Path) -> list[dict]:
@@ -96,22 +110,149 @@ def _raw(run: dict, key: str) -> float | None:
     return run["metrics"].get(key)
 
 
-def _groups(runs: list[dict]) -> dict[tuple, list[dict]]:
-    """Complete runs by (stream, model, approach, T): runs with different task lists cannot be averaged."""
+def _plain(value):
+    """A config value as it is compared and hashed: 5000.0 is 5000 (an override typed as an int or as a float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def settings(run: dict) -> dict:
+    """What the run trained: its resolved config (results.json `config`) without the keys of NOT_SETTINGS and
+    without the seed."""
+    seed = run["seed"]
+
+    def keep(node, path: str):
+        if not isinstance(node, dict):
+            return _plain(node)
+        kept = {}
+        for key, value in node.items():
+            dotted = f"{path}{key}"
+            follows_seed = key == "seed" and (not path or type(value) is type(seed) and value == seed)
+            if dotted not in NOT_SETTINGS and not follows_seed:
+                kept[key] = keep(value, dotted + ".")
+        return kept
+
+    return keep(run.get("config") or {}, "")
+
+
+def group_hash(run: dict) -> str:
+    """7 hex digits naming the run's group: stream, model, approach, T and every setting but the seed."""
+    ident = {"stream": run["stream"], "model": run["model"], "approach": run["approach"],
+             "tasks": len(run["task_names"]), "settings": settings(run)}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:7]
+
+
+def _mtime(run: dict) -> float:
+    try:
+        return (Path(run["run_dir"]) / RESULTS_FILE).stat().st_mtime
+    except (KeyError, TypeError, OSError):
+        return 0.0
+
+
+def _one_per_seed(group: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The group's runs, one per seed (sorted by seed): of several complete runs of one seed the newest
+    (results.json's modification time; on a tie the first found) is kept. Also the duplicates:
+    [{seed, kept, left_out}] with the run dirs as strings."""
+    by_seed: dict = {}
+    for run in group:
+        by_seed.setdefault(run["seed"], []).append(run)
+    kept, duplicates = [], []
+    for seed in sorted(by_seed, key=str):
+        same = by_seed[seed]
+        newest = max(range(len(same)), key=lambda i: (_mtime(same[i]), -i))
+        kept.append(same[newest])
+        if len(same) > 1:
+            duplicates.append({"seed": seed, "kept": str(same[newest].get("run_dir")),
+                               "left_out": [str(r.get("run_dir")) for i, r in enumerate(same) if i != newest]})
+    return sorted(kept, key=lambda r: r["seed"]), duplicates
+
+
+def _groups_and_duplicates(runs: list[dict]) -> tuple[dict[tuple, list[dict]], dict[tuple, list[dict]]]:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         if run["complete"]:
-            groups.setdefault((run["stream"], run["model"], run["approach"], len(run["task_names"])), []).append(run)
-    return dict(sorted(groups.items()))
+            key = (run["stream"], run["model"], run["approach"], len(run["task_names"]), group_hash(run))
+            groups.setdefault(key, []).append(run)
+    kept, duplicates = {}, {}
+    for key in sorted(groups):
+        kept[key], duplicates[key] = _one_per_seed(groups[key])
+    return kept, duplicates
+
+
+def _groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    """Complete runs by (stream, model, approach, T, settings hash), one run per seed: runs with different task lists
+    or settings cannot be averaged, and one run counted twice would shrink the interval."""
+    return _groups_and_duplicates(runs)[0]
+
+
+_ABSENT = object()
+
+
+def _differing(values: list, path: tuple = ()) -> list[tuple]:
+    """The paths at which the settings `values` differ: into sub-configs that every one has, else the key itself
+    (a sub-config that only some have is one path)."""
+    if all(v == values[0] for v in values[1:]):
+        return []
+    if all(isinstance(v, dict) for v in values):
+        keys = sorted(set().union(*values))
+        return [p for k in keys for p in _differing([v.get(k, _ABSENT) for v in values], (*path, k))]
+    return [path]
+
+
+def _lookup(node, path: tuple):
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return _ABSENT
+        node = node[key]
+    return node
+
+
+def show_setting(value) -> str:
+    """A setting as the table prints it: a list as [400,400], true/false/null, a sub-config as Name(key=value, …)
+    (Name from its _target_), a key the group's config lacks as —."""
+    if value is _ABSENT:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        name = str(value.get("_target_", "")).rsplit(".", 1)[-1]
+        return f"{name}(" + ", ".join(f"{k}={show_setting(v)}" for k, v in value.items() if k != "_target_") + ")"
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _distinct(groups: dict[tuple, list[dict]]) -> dict[tuple, dict[str, str]]:
+    """Per group, the settings (dotted key → shown value) that tell it apart from the other groups of the same
+    stream, model, approach and T; empty for a group that is alone in that."""
+    clusters: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        clusters.setdefault(key[:4], []).append(key)
+    distinct = {key: {} for key in groups}
+    for keys in clusters.values():
+        if len(keys) > 1:
+            configs = [settings(groups[key][0]) for key in keys]
+            for path in _differing(configs):
+                for key, config in zip(keys, configs):
+                    distinct[key][".".join(path)] = show_setting(_lookup(config, path))
+    return distinct
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per group of complete runs: n_seeds, seeds, unit ("percent" or, for RL, "ratio") and, per statistic,
-    <key>_mean, <key>_ci95 (None for n < 2) and <key>_n (seeds where it is known), in the table's units."""
+    """One row per group of complete runs (every setting but the seed, one run per seed): stream, model, approach,
+    tasks, group (the settings' hash), distinct (the settings that tell it apart from groups of the same stream,
+    model, approach and T: dotted key → shown value), settings (the group's config without NOT_SETTINGS and the
+    seed), duplicates (seeds found in several runs: [{seed, kept, left_out}]), n_seeds, seeds, unit ("percent" or,
+    for RL, "ratio") and, per statistic, <key>_mean, <key>_ci95 (None for n < 2) and <key>_n (seeds where it is
+    known), in the table's units."""
     rows = []
-    for key, group in _groups(runs).items():
+    groups, duplicates = _groups_and_duplicates(runs)
+    distinct = _distinct(groups)
+    for key, group in groups.items():
         rl = is_rl(group[0])
-        row = dict(zip(GROUP, key), n_seeds=len(group), seeds=sorted(r["seed"] for r in group),
+        row = dict(zip(GROUP, key), group=key[4], distinct=distinct[key], settings=settings(group[0]),
+                   duplicates=duplicates[key], n_seeds=len(group), seeds=[r["seed"] for r in group],
                    unit="ratio" if rl else "percent")
         for stat in STATS:
             scale = 100 if stat in ACC_KEYS and not rl else 1
@@ -120,6 +261,35 @@ def summarize(runs: list[dict]) -> list[dict]:
                         f"{stat}_ci95": None if ci is None else scale * ci, f"{stat}_n": n})
         rows.append(row)
     return rows
+
+
+def distinct_columns(rows: list[dict]) -> list[str]:
+    """The settings that tell groups apart, in first-seen order: the table's extra columns."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row.get("distinct", {}) if k not in columns]
+    return columns
+
+
+def _where_text(run_dir: str, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return _where(Path(run_dir), Path(root))
+        except ValueError:
+            pass
+    return run_dir
+
+
+def duplicate_warnings(rows: list[dict], root: Path | None = None) -> list[str]:
+    """One line per seed found in several complete runs of one group (run dirs relative to `root` when given)."""
+    lines = []
+    for row in rows:
+        for dup in row.get("duplicates", []):
+            left_out = ", ".join(f"`{_where_text(d, root)}`" for d in dup["left_out"])
+            lines.append(f"seed {dup['seed']} of group {row['group']} ({row['stream']} {row['model']} "
+                         f"{row['approach']}) is in {1 + len(dup['left_out'])} complete runs: kept the newest, "
+                         f"`{_where_text(dup['kept'], root)}`; left out {left_out}")
+    return lines
 
 
 def _human_bytes(value: float) -> tuple[float, str]:
@@ -148,22 +318,29 @@ def _cell(row: dict, stat: str) -> str:
     return text
 
 
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _table(rows: list[dict], rl: bool) -> list[str]:
     mark = "¹" if rl else ""
     heads = [f"{label}{mark}" + ("" if rl else f" ({unit})") for _, label, unit in ACC_STATS]
     heads += ["wall-clock (s)", "CL state"]
-    lines = ["| stream | model | approach | T | n | seeds | " + " | ".join(heads) + " |",
-             "|---" * (6 + len(heads)) + "|"]
+    settings_heads = distinct_columns(rows)
+    lines = ["| stream | model | approach | T | group | " + "".join(f"{_md(h)} | " for h in settings_heads) +
+             "n | seeds | " + " | ".join(heads) + " |", "|---" * (7 + len(settings_heads) + len(heads)) + "|"]
     for row in rows:
         seeds = ", ".join(str(s) for s in row["seeds"])
-        lines.append(f"| {row['stream']} | {row['model']} | {row['approach']} | {row['tasks']} | {row['n_seeds']} | "
-                     f"{seeds} | " + " | ".join(_cell(row, s) for s in STATS) + " |")
+        values = "".join(f"{_md(row.get('distinct', {}).get(h, ''))} | " for h in settings_heads)
+        lines.append(f"| {row['stream']} | {row['model']} | {row['approach']} | {row['tasks']} | {row['group']} | "
+                     f"{values}{row['n_seeds']} | {seeds} | " + " | ".join(_cell(row, s) for s in STATS) + " |")
     return lines
 
 
-def markdown_tables(rows: list[dict], heading: str | None = "##") -> list[str]:
+def markdown_tables(rows: list[dict], heading: str | None = "##", root: Path | None = None) -> list[str]:
     """The report's tables of `summarize` rows (supervised, then continual RL), as markdown lines, each under a
-    `heading`-level title (None: no titles); the benchmarks publish theirs with it."""
+    `heading`-level title (None: no titles); the benchmarks publish theirs with it. A seed found in several runs of
+    a group is warned of under its table (run dirs relative to `root` when given)."""
     lines = []
     for rl in (False, True):
         subset = [row for row in rows if (row["unit"] == "ratio") == rl]
@@ -174,6 +351,9 @@ def markdown_tables(rows: list[dict], heading: str | None = "##") -> list[str]:
             if rl:
                 lines += ["¹ Normalized returns as plain ratios (not ×100): a game's return ÷ its return just after "
                           "its own training; ACC 1 = as good as just after training, BWT −1 = all forgotten.", ""]
+            warnings = duplicate_warnings(subset, root)
+            if warnings:
+                lines += [f"- warning: {w}" for w in warnings] + [""]
     return lines
 
 
@@ -188,10 +368,43 @@ def _mean_matrix(group: list[dict]) -> np.ndarray:
     return np.where(known > 0, np.nansum(stack, 0) / np.maximum(known, 1), np.nan)
 
 
-def mean_matrix_png(group: list[dict]) -> bytes:
-    """The accuracy matrix averaged over the group's seeds, drawn as a single run's acc_matrix.png is."""
+def clipped_band(mean, ci, bounds: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The interval mean ± ci as (lower, upper) arrays, cut to `bounds` (low, high) where given: the plotted
+    interval of a bounded statistic (an accuracy, a capacity in %) stays inside its range. NaN stays NaN."""
+    mean, ci = np.asarray(mean, dtype=float), np.asarray(ci, dtype=float)
+    lower, upper = mean - ci, mean + ci
+    if bounds is not None:
+        lower, upper = np.clip(lower, *bounds), np.clip(upper, *bounds)
+    return lower, upper
+
+
+def _settings_text(group_id: str, distinct: dict[str, str], limit: int = 40) -> str:
+    """The group's hash, and the settings that tell it apart when they are short enough for a legend."""
+    text = ", ".join(f"{k}={v}" for k, v in distinct.items())
+    return f"{group_id}: {text}" if len(text) <= limit else group_id
+
+
+def _labels(groups: dict[tuple, list[dict]], distinct: dict[tuple, dict[str, str]]) -> dict[tuple, str]:
+    """A legend label per group: its approach, T where the approach ran streams of several lengths, and, where
+    groups of the approach differ in other settings, its hash and (when short) those settings."""
+    labels = {}
+    for key, group in groups.items():
+        _, _, approach, T, group_id = key
+        several_T = len({k[3] for k in groups if k[2] == approach}) > 1
+        parts = [approach] + ([f"T={T}"] if several_T else [])
+        if distinct.get(key):
+            parts.append(_settings_text(group_id, distinct[key]))
+        labels[key] = ", ".join(parts) + f" (n={len(group)})"
+    return labels
+
+
+def mean_matrix_png(group: list[dict], distinct: dict[str, str] | None = None) -> bytes:
+    """The accuracy matrix averaged over the group's seeds, drawn as a single run's acc_matrix.png is; `distinct`:
+    the settings that tell the group apart from others of its approach, named in the title."""
     first, R = group[0], _mean_matrix(group)
-    approach, stream = f"{first['approach']} ({first['model']})", f"{first['stream']}\nmean of {len(group)} seeds"
+    named = f"; {_settings_text(group_hash(first), distinct)}" if distinct else ""
+    approach = f"{first['approach']} ({first['model']}{named})"
+    stream = f"{first['stream']}\nmean of {len(group)} seeds"
     if is_rl(first):
         from rl.plots import normalized_matrix_png
 
@@ -201,23 +414,24 @@ def mean_matrix_png(group: list[dict]) -> bytes:
                            "approach": approach, "metrics": metrics})
 
 
-def acc_curves_png(groups: dict[tuple, list[dict]]) -> bytes:
-    """ACC after each task, one line per group (of one stream and model) with its 95 % CI band over seeds."""
+def acc_curves_png(groups: dict[tuple, list[dict]], distinct: dict[tuple, dict[str, str]] | None = None) -> bytes:
+    """ACC after each task, one line per group (of one stream and model) with its 95 % CI band over seeds (cut to
+    0-100 % for accuracies; RL's normalized returns have no bound)."""
     plt = pyplot()
 
-    (stream, model, _, _), first = next(iter(groups.items()))
+    (stream, model, *_), first = next(iter(groups.items()))
     rl = is_rl(first[0])
+    labels = _labels(groups, distinct or {})
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    approaches = [key[2] for key in groups]
-    for (_, _, approach, T), group in groups.items():
+    for key, group in groups.items():
+        T = key[3]
         curves = np.array([acc_after_each_task(r) for r in group]) * (1 if rl else 100)
         cols = [mean_ci(curves[:, t]) for t in range(T)]
         mean = np.array([np.nan if m is None else m for m, _, _ in cols])
         ci = np.array([np.nan if c is None else c for _, c, _ in cols])
         x = np.arange(1, T + 1)
-        label = f"{approach}{'' if approaches.count(approach) == 1 else f', T={T}'} (n={len(group)})"
-        line, = ax.plot(x, mean, marker="o", label=label)
-        ax.fill_between(x, mean - ci, mean + ci, color=line.get_color(), alpha=0.2)
+        line, = ax.plot(x, mean, marker="o", label=labels[key])
+        ax.fill_between(x, *clipped_band(mean, ci, None if rl else BOUNDS), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("after training task")
     ax.set_ylabel("mean normalized return on tasks seen (ratio)" if rl else "ACC on tasks seen so far (%)")
     ax.set_title(f"{stream}, {model}: ACC after each task (mean, shaded: 95 % CI over seeds)", fontsize=9)
@@ -236,32 +450,35 @@ def _layer_capacity(info: dict) -> dict[str, float]:
     return dict(info.get("capacity_per_layer", {}))
 
 
-def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
+def capacity_png(groups: dict[tuple, list[dict]], distinct: dict[tuple, dict[str, str]] | None = None) -> bytes:
     """BLIP's capacity curve (capacity used after each task, mean over seeds with a 95 % CI band) beside its final
-    capacity per layer (bars with 95 % CI), for the BLIP groups of one stream and model."""
+    capacity per layer (bars with 95 % CI), for the BLIP groups of one stream and model; intervals cut to 0-100 %."""
     plt = pyplot()
 
-    (stream, model, _, _), first = next(iter(groups.items()))
+    (stream, model, *_), first = next(iter(groups.items()))
+    labels = _labels(groups, distinct or {})
     layers = list(_layer_capacity(first[0]["approach_info"]))
     fig, (curve, bars) = plt.subplots(1, 2, figsize=(max(10.0, 1.2 * len(layers) + 7), 4.5), dpi=100,
                                       gridspec_kw={"width_ratios": [1, max(1.0, len(layers) / 4)]})
     width = 0.8 / len(groups)
-    for i, ((_, _, approach, T), group) in enumerate(groups.items()):
+    for i, (key, group) in enumerate(groups.items()):
+        label = labels[key]
         histories = [r["approach_info"].get("capacity_per_task") for r in group]
         if all(histories) and len({len(h) for h in histories}) == 1:
             stats = [mean_ci([100 * h[t] for h in histories]) for t in range(len(histories[0]))]
             x = np.arange(1, len(stats) + 1)
             mean = np.array([m for m, _, _ in stats])
             ci = np.array([0.0 if c is None else c for _, c, _ in stats])
-            curve.plot(x, mean, marker="o", label=f"{approach}, T={T} (n={len(group)})")
-            curve.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+            line, = curve.plot(x, mean, marker="o", label=label)
+            curve.fill_between(x, *clipped_band(mean, ci, BOUNDS), color=line.get_color(), alpha=0.2)
         per_layer = [mean_ci([100 * _layer_capacity(r["approach_info"]).get(layer, np.nan) for r in group])
                      for layer in layers]
+        mean = np.array([np.nan if m is None else m for m, _, _ in per_layer])
+        lower, upper = clipped_band(mean, [0.0 if c is None else c for _, c, _ in per_layer], BOUNDS)
         overall = mean_ci([100 * r["approach_info"]["capacity"] for r in group])[0]
-        bars.bar(np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width,
-                 [np.nan if m is None else m for m, _, _ in per_layer], width,
-                 yerr=[0 if c is None else c for _, c, _ in per_layer], capsize=3,
-                 label=f"{approach}, T={T}: {overall:.1f}% overall (n={len(group)})")
+        bars.bar(np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width, mean, width,
+                 yerr=np.nan_to_num([mean - lower, upper - mean]), capsize=3,
+                 label=label.replace(" (n=", f": {overall:.1f}% overall (n="))
     curve.set_xlabel("after task")
     curve.set_ylabel("capacity used (% of the trunk's bits)")
     curve.set_title("capacity after each task (band: 95 % CI)", fontsize=9)
@@ -281,24 +498,27 @@ def capacity_png(groups: dict[tuple, list[dict]]) -> bytes:
 def _figures(runs: list[dict], out: Path) -> list[str]:
     """Writes every figure into `out`; returns their file names."""
     groups = _groups(runs)
+    distinct = _distinct(groups)
     names = []
     by_stream_model: dict[tuple, dict[tuple, list[dict]]] = {}
     for key, group in groups.items():
-        stream, model, approach, T = key
-        same = sum(k[:3] == key[:3] for k in groups)  # one approach run with different task counts
-        name = f"acc_matrix_{_slug(stream, model, approach)}{f'_T{T}' if same > 1 else ''}.png"
-        atomic_write(out / name, mean_matrix_png(group))
+        stream, model, approach, T, group_id = key
+        several_T = len({k[3] for k in groups if k[:3] == key[:3]}) > 1  # one approach on streams of two lengths
+        several = sum(k[:4] == key[:4] for k in groups) > 1  # one approach with different settings
+        name = (f"acc_matrix_{_slug(stream, model, approach)}{f'_T{T}' if several_T else ''}"
+                f"{f'_{group_id}' if several else ''}.png")
+        atomic_write(out / name, mean_matrix_png(group, distinct[key]))
         names.append(name)
         by_stream_model.setdefault((stream, model), {})[key] = group
     for (stream, model), subset in by_stream_model.items():
         name = f"acc_after_each_task_{_slug(stream, model)}.png"
-        atomic_write(out / name, acc_curves_png(subset))
+        atomic_write(out / name, acc_curves_png(subset, distinct))
         names.append(name)
         blip = {k: g for k, g in subset.items() if all("capacity" in r["approach_info"] for r in g)
                 and _layer_capacity(g[0]["approach_info"])}
         if blip:
             name = f"capacity_{_slug(stream, model)}.png"
-            atomic_write(out / name, capacity_png(blip))
+            atomic_write(out / name, capacity_png(blip, distinct))
             names.append(name)
     return names
 
@@ -347,13 +567,23 @@ def _write(root: Path, out: Path) -> tuple[Path, str]:
     summary = (f"{len(runs) + len(failures.keys() - with_results)} runs ({status.count('complete')} complete, "
                f"{status.count('incomplete')} incomplete, {n_failed} failed) in {len(rows)} groups")
 
+    warnings = duplicate_warnings(rows, root)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
     lines = [f"# Report: {root}", "", f"{summary}.", "",
-             "Per (stream, model, approach, T) over the complete runs: mean ± 95 % confidence-interval half-width "
-             "over seeds, t₀.₉₇₅,ₙ₋₁ · s / √n (Student t, s the sample standard deviation); with n = 1 the value "
-             "alone. BWT divides by T − 1 (GEM), FWT is against the random initialisation, forgetting is positive "
-             "when forgotten (docs/metrics.md). Wall-clock: `time_s.total`. CL state: the bytes the approach keeps "
-             "between tasks, after the last task.", ""]
-    lines += markdown_tables(rows)
+             "A group is the complete runs of one setting, seeds apart: the same resolved config (results.json "
+             "`config`) once the seed, the run dir and paths, the loggers and the other keys that do not change what "
+             "is trained are left out (`NOT_SETTINGS` in cl/report.py; docs/report.md). `group` names it by a hash "
+             "of those settings (all of them in groups.json); groups of one stream, model, approach and T get a "
+             "column per setting that tells them apart. A seed run twice in a group counts once (the newest run; "
+             "warned of below the table). n: the seeds averaged.", "",
+             "Per group: mean ± 95 % confidence-interval half-width over its seeds, t₀.₉₇₅,ₙ₋₁ · s / √n "
+             "(Student t, s the sample standard deviation); with n = 1 the value alone. BWT divides by T − 1 (GEM), "
+             "FWT is against the random initialisation, forgetting is positive when forgotten (docs/metrics.md). "
+             "Wall-clock: `time_s.total`. CL state: the bytes the approach keeps between tasks, after the last "
+             "task.", ""]
+    lines += markdown_tables(rows, root=root)
     lines += ["## Incomplete and failed runs", "", "Not averaged in.", "",
               *(_unfinished(runs, status, failures, root) or ["None."])]
     figures = _figures(runs, out)
@@ -361,21 +591,33 @@ def _write(root: Path, out: Path) -> tuple[Path, str]:
     path = out / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")
     atomic_write(out / "report.csv", _csv(rows))
+    atomic_write(out / "groups.json", json.dumps(_groups_json(runs, root), indent=2, default=str) + "\n")
     return path, f"{summary} → {path}"
 
 
+def _groups_json(runs: list[dict], root: Path) -> dict:
+    """Per group hash: stream, model, approach, tasks, the seeds and run dirs averaged, and every setting."""
+    return {key[4]: {**dict(zip(GROUP, key)), "seeds": [r["seed"] for r in group],
+                     "run_dirs": [_where_text(str(r["run_dir"]), root) for r in group], "settings": settings(group[0])}
+            for key, group in _groups(runs).items()}
+
+
 def _csv(rows: list[dict]) -> str:
-    columns = [*GROUP, "n_seeds", "seeds", "unit"] + [f"{s}_{x}" for s in STATS for x in ("mean", "ci95", "n")]
+    distinct = distinct_columns(rows)
+    columns = [*GROUP, "group", *distinct, "n_seeds", "seeds", "unit"] + [f"{s}_{x}" for s in STATS
+                                                                          for x in ("mean", "ci95", "n")]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns)
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "seeds": " ".join(str(s) for s in row["seeds"])})
+        writer.writerow({**row, **{k: row["distinct"].get(k, "") for k in distinct},
+                         "seeds": " ".join(str(s) for s in row["seeds"])})
     return buf.getvalue()
 
 
 def write_report(root: Path, out: Path) -> Path:
-    """report.md, report.csv and the figures of every run below `root`, into `out`; returns report.md's path."""
+    """report.md, report.csv, groups.json and the figures of every run below `root`, into `out`; returns
+    report.md's path. A seed found in several runs of a group is warned of on stderr."""
     return _write(root, out)[0]
 
 

@@ -299,3 +299,47 @@ def test_blip_quantizes_every_shipped_model(model, tmp_path):
     approach.quantizer.freeze(fisher, 0)
     for _, param, state in approach.quantizer.named_states():
         assert torch.equal(param.data, quantize(param.data, state.bits, state.bound))
+
+
+# --- bits.png ---------------------------------------------------------------------------------------------------------
+def bit_histories(n_layers: int, n_tasks: int, max_bit: int = 20) -> list[dict[str, list[int]]]:
+    """Histograms that spread each layer's parameters over the bits, more of them frozen after each task."""
+    history = []
+    for t in range(n_tasks):
+        hist = {}
+        for i in range(n_layers):
+            weights = [0.5 ** (b / (t + 2)) for b in range(max_bit + 1)]
+            hist[f"fc{i + 1} {100 + i}→100"] = [round(1000 * (i + 1) * w) for w in weights]
+        history.append(hist)
+    return history
+
+
+@pytest.mark.parametrize("n_layers", [1, 10])
+def test_bits_png_writes_its_numbers_on_the_cells_without_warnings(n_layers, monkeypatch):
+    import warnings
+
+    from cl.blip import plot
+
+    figures = []
+    monkeypatch.setattr(plot, "figure_png", lambda fig: figures.append(fig) or b"png")
+    history, max_bit = bit_histories(n_layers, 5), 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Tight layout not applied", a singular colour norm
+        assert plot.bits_png(history, max_bit) == b"png"
+        [fig] = figures
+        fig.canvas.draw()
+    ax_bits, ax_tasks, bar_bits, _ = fig.axes
+    counts = history[-1]["fc1 100→100"]
+    shares = [plot.share_text(100 * c / sum(counts)) for c in counts]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax_bits.texts}
+    assert len(cells) == n_layers * (max_bit + 1)  # every bit count of every layer carries its share
+    assert [cells[(0, b)] for b in range(max_bit + 1)] == shares and shares[0] == "12"
+    assert len(ax_tasks.texts) == n_layers * 5
+    first_layer = [t.get_text() for t in ax_tasks.texts if round(t.get_position()[1]) == 0]
+    bits = range(max_bit + 1)
+    expected = [f"{100 * sum(b * c for b, c in zip(bits, h['fc1 100→100'])) / (max_bit * sum(h['fc1 100→100'])):.1f}"
+                for h in history]
+    assert first_layer == expected
+    assert len(bar_bits.get_xticks()) >= 4  # a readable colour scale, not two decades
+    assert [t.get_text() for t in ax_bits.get_yticklabels()][0].startswith("fc1 100→100\nmean ")
+    plot.pyplot().close(fig)

@@ -5,29 +5,35 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from cl.report import collect, summarize, write_report
+from cl.report import (BOUNDS, acc_curves_png, capacity_png, clipped_band, collect, settings, summarize,
+                       write_report, _groups)
 from cl.results import build_results, write_results
-from tests.conftest import ROOT, run_pipeline
+from tests.conftest import ROOT, compose_config, run_pipeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T_975_2 = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom
 
 
 def write_run(run_dir, *, stream="digits5", model="mlp", approach="sgd", seed=0, final=0.9, T=3, done=None,
-              rl=False, approach_info=None, total_s=10.0, cl_bytes=0) -> dict:
-    """A run whose accuracy matrix is `final` everywhere: ACC = LA = final, BWT = forgetting = 0, FWT = final − 0.1."""
+              rl=False, approach_info=None, total_s=10.0, cl_bytes=0, config=None) -> dict:
+    """A run whose accuracy matrix is `final` everywhere: ACC = LA = final, BWT = forgetting = 0, FWT = final − 0.1.
+    `config`: its results.json config (default {"seed": seed})."""
     done = T if done is None else done
     results = build_results(
         stream=stream, approach=approach, model=model, seed=seed, task_names=[f"task{i}" for i in range(T)],
         acc_rows=[[final] * T for _ in range(done)], random_init_acc=[0.1] * T,
         time_s={"train": [1.0] * done, "total": total_s}, memory={"params": 100, "cl_state_bytes": [cl_bytes] * done},
-        approach_info=approach_info or {}, config={"seed": seed})
+        approach_info=approach_info or {}, config=config or {"seed": seed})
     if rl:
         results["return_matrix"] = [[10 * final] * T for _ in range(done)]
     write_results(run_dir, results)
@@ -46,7 +52,7 @@ def test_mean_and_ci_match_a_hand_computation(tmp_path):
     assert row["time_s_mean"] == pytest.approx(20.0) and row["time_s_ci95"] == pytest.approx(100 * half_width)
     assert row["cl_state_bytes_mean"] == 3 * 2 ** 20 and row["cl_state_bytes_ci95"] == 0
     text = write_report(tmp_path, tmp_path / "report").read_text()
-    assert "| digits5 | mlp | sgd | 3 | 3 | 0, 1, 2 | 90.00 ± 24.84 |" in text
+    assert f"| digits5 | mlp | sgd | 3 | {row['group']} | 3 | 0, 1, 2 | 90.00 ± 24.84 |" in text
     assert "| 20.0 ± 24.8 | 3.00 ± 0.00 MiB |" in text
 
 
@@ -175,4 +181,182 @@ def test_report_on_two_real_runs(tmp_path):
     [row] = summarize(collect(tmp_path))
     assert (row["stream"], row["approach"], row["n_seeds"], row["seeds"]) == ("digits5", "sgd", 2, [0, 1])
     assert 0 <= row["acc_mean"] <= 100 and row["acc_ci95"] is not None and row["time_s_mean"] > 0
-    assert "| digits5 | mlp | sgd | 5 | 2 | 0, 1 |" in out.read_text()
+    assert f"| digits5 | mlp | sgd | 5 | {row['group']} | 2 | 0, 1 |" in out.read_text()
+
+
+# --- a group is every setting but the seed ---------------------------------------------------------------------------
+def resolved_config(overrides: list[str], run_dir) -> dict:
+    """The config a run of `python train.py <overrides>` in `run_dir` records in results.json (cl.pipeline's
+    config_dict, without importing the pipeline)."""
+    cfg = compose_config(overrides, run_dir)
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
+def write_configured_run(run_dir, overrides: list[str], *, seed=0, **kwargs) -> dict:
+    config = resolved_config([*overrides, f"seed={seed}"], run_dir)
+    approach = config["approach"]["name"]
+    return write_run(run_dir, stream=config["stream"]["name"], model=config["model"]["name"], approach=approach,
+                     seed=seed, T=len(config["stream"].get("tasks") or [0] * 5), config=config, **kwargs)
+
+
+def table_lines(text: str) -> list[str]:
+    return [line for line in text.split("## Results")[1].split("## Incomplete")[0].splitlines() if line.startswith("|")]
+
+
+def test_seeds_of_one_setting_are_one_group_whatever_their_dirs_loggers_and_data_locations(tmp_path):
+    # er: stream.seed and approach.seed follow the seed; run_name, run_tags, paths, logger dirs differ by run
+    write_configured_run(tmp_path / "a", ["approach=er"], seed=0, final=0.8)
+    write_configured_run(tmp_path / "b", ["approach=er", "logger=[csv,tensorboard]", "resume=true"], seed=1)
+    write_configured_run(tmp_path / "c", ["approach=er", "paths.data_dir=/elsewhere", "checkpoint_every_n_steps=50"],
+                         seed=2, final=1.0)
+    [row] = summarize(collect(tmp_path))
+    assert row["n_seeds"] == 3 and row["seeds"] == [0, 1, 2] and row["distinct"] == {} and not row["duplicates"]
+    assert row["acc_mean"] == pytest.approx(90.0)
+    assert "seed" not in row["settings"] and "paths" not in row["settings"] and "logger" not in row["settings"]
+    assert "seed" not in row["settings"]["approach"] and "data_dir" not in row["settings"]["stream"]
+
+
+def test_a_seed_key_set_apart_from_the_run_seed_is_a_setting():
+    run = {"seed": 3, "config": {"seed": 3, "stream": {"seed": 3, "name": "pmnist"}, "approach": {"seed": 7},
+                                 "rl_eval": {"seed": 10_000, "gif_frames": 300}, "approach_lr": 5.0}}
+    assert settings(run) == {"stream": {"name": "pmnist"}, "approach": {"seed": 7}, "rl_eval": {"seed": 10_000},
+                             "approach_lr": 5}
+
+
+def test_a_short_run_and_a_recipe_are_two_rows_told_apart_by_their_settings(tmp_path):
+    # observed: one row "n=2, seeds 0, 0", CL state 6.08 ± 25.50 MiB
+    write_configured_run(tmp_path / "short", ["stream=mnist5", "trainer.max_epochs=2",
+                                              "model.trunk.hidden_sizes=[400,400]"], final=0.95, cl_bytes=2 ** 20)
+    write_configured_run(tmp_path / "recipe", ["experiment=blip_mnist5"], final=0.99, cl_bytes=11 * 2 ** 20)
+    rows = summarize(collect(tmp_path))
+    assert [(r["stream"], r["approach"], r["tasks"], r["n_seeds"], r["seeds"]) for r in rows] == [
+        ("mnist5", "blip", 5, 1, [0]), ("mnist5", "blip", 5, 1, [0])]
+    assert rows[0]["group"] != rows[1]["group"]
+    by_epochs = {r["distinct"]["trainer.max_epochs"]: r for r in rows}
+    short, recipe = by_epochs["2"], by_epochs["200"]
+    assert set(short["distinct"]) == {"callbacks.lr_schedule", "model.trunk.hidden_sizes", "stream.valid_from_train",
+                                      "trainer.max_epochs"}
+    assert short["distinct"]["model.trunk.hidden_sizes"] == "[400,400]"
+    assert recipe["distinct"]["model.trunk.hidden_sizes"] == "[1200]"
+    assert short["distinct"]["callbacks.lr_schedule"] == "—"
+    assert recipe["distinct"]["callbacks.lr_schedule"].startswith("PatienceSchedule(lr_patience=5")
+    assert short["cl_state_bytes_ci95"] is None and recipe["cl_state_bytes_mean"] == 11 * 2 ** 20
+    text = write_report(tmp_path, tmp_path / "report").read_text()
+    header, _, *lines = table_lines(text)
+    assert "| group | callbacks.lr_schedule | model.trunk.hidden_sizes | stream.valid_from_train | " \
+           "trainer.max_epochs | n | seeds |" in header
+    assert len(lines) == 2 and not any("±" in line for line in lines)
+    assert any(f"| {short['group']} | — | [400,400] | false | 2 | 1 | 0 | 95.00 (n=1) |" in line for line in lines)
+    assert "1.00 MiB (n=1)" in text and "11.00 MiB (n=1)" in text
+    groups = json.loads((tmp_path / "report" / "groups.json").read_text())
+    assert groups[short["group"]]["run_dirs"] == ["short"] and groups[recipe["group"]]["run_dirs"] == ["recipe"]
+    assert groups[recipe["group"]]["settings"]["trainer"]["max_epochs"] == 200
+
+
+def test_a_sweep_over_lambda_shows_a_column_for_it(tmp_path):
+    # observed: `approach=ewc approach.lamb=1,100000` as one row "seeds 0, 0", ACC 81.15 ± 87.04
+    sweep = tmp_path / "multirun" / "2026-01-01_12-00-00"
+    write_configured_run(sweep / "0", ["stream=mnist5", "approach=ewc", "approach.lamb=1"], final=0.9)
+    write_configured_run(sweep / "1", ["stream=mnist5", "approach=ewc", "approach.lamb=100000"], final=0.7)
+    rows = summarize(collect(tmp_path))
+    assert sorted((r["distinct"]["approach.lamb"], len(r["distinct"]), r["n_seeds"], r["seeds"], r["acc_ci95"])
+                  for r in rows) == [("1", 1, 1, [0], None), ("100000", 1, 1, [0], None)]
+    acc = {r["distinct"]["approach.lamb"]: r["acc_mean"] for r in rows}
+    assert acc == {"1": pytest.approx(90.0), "100000": pytest.approx(70.0)}
+    out = tmp_path / "report"
+    text = write_report(tmp_path, out).read_text()
+    header, _, *lines = table_lines(text)
+    assert header.startswith("| stream | model | approach | T | group | approach.lamb | n | seeds | ACC (%) |")
+    one, big = (next(r["group"] for r in rows if r["distinct"]["approach.lamb"] == v) for v in ("1", "100000"))
+    assert f"| mnist5 | mlp | ewc | 5 | {one} | 1 | 1 | 0 | 90.00 (n=1) |" in lines[0] + lines[1]
+    assert f"| mnist5 | mlp | ewc | 5 | {big} | 100000 | 1 | 0 | 70.00 (n=1) |" in lines[0] + lines[1]
+    with open(out / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert sorted((r["approach.lamb"], r["group"], r["n_seeds"]) for r in table) == [("1", one, "1"),
+                                                                                    ("100000", big, "1")]
+    assert sorted(p.name for p in out.glob("acc_matrix_*.png")) == sorted(
+        [f"acc_matrix_mnist5_mlp_ewc_{one}.png", f"acc_matrix_mnist5_mlp_ewc_{big}.png"])
+
+
+def test_a_seed_run_three_times_counts_once_with_a_warning(tmp_path, capsys):
+    # observed: three identical seed-0 runs reported as "± 0.00"
+    for i, name in enumerate(("first", "second", "third")):
+        write_configured_run(tmp_path / name, ["approach=sgd"], final=0.9, total_s=10.0 + i)
+    os.utime(tmp_path / "second" / "results.json", (2e9, 2e9))  # the newest
+    write_configured_run(tmp_path / "other", ["approach=sgd"], seed=1, final=0.7)
+    [row] = summarize(collect(tmp_path))
+    assert row["n_seeds"] == 2 and row["seeds"] == [0, 1]
+    assert row["time_s_mean"] == pytest.approx((11.0 + 10.0) / 2)  # seed 0 is the newest run, "second"
+    [dup] = row["duplicates"]
+    assert dup["seed"] == 0 and dup["kept"].endswith("second")
+    assert sorted(p.rsplit("/", 1)[-1] for p in dup["left_out"]) == ["first", "third"]
+    text = write_report(tmp_path, tmp_path / "report").read_text()
+    [warning] = [line for line in text.splitlines() if line.startswith("- warning:")]
+    assert f"seed 0 of group {row['group']}" in warning and "3 complete runs" in warning
+    assert "kept the newest, `second`" in warning and "`first`" in warning and "`third`" in warning
+    assert f"warning: seed 0 of group {row['group']}" in capsys.readouterr().err
+    assert f"| {row['group']} | 2 | 0, 1 | 80.00 ± " in text
+
+
+def test_one_seed_three_times_alone_has_no_interval(tmp_path):
+    for i in range(3):
+        write_run(tmp_path / f"run{i}", seed=0, final=0.9, total_s=10.0 + i)
+    [row] = summarize(collect(tmp_path))
+    assert row["n_seeds"] == 1 and row["acc_ci95"] is None and len(row["duplicates"][0]["left_out"]) == 2
+    assert f"| {row['group']} | 1 | 0 | 90.00 (n=1) |" in write_report(tmp_path, tmp_path / "report").read_text()
+
+
+# --- intervals of bounded statistics stay in their range in the plots ------------------------------------------------
+def test_clipped_band_cuts_to_the_bounds_and_keeps_nan():
+    lower, upper = clipped_band([50.0, 95.0, 3.0, float("nan")], [130.0, 10.0, 1.0, 5.0], BOUNDS)
+    assert lower.tolist()[:3] == [0.0, 85.0, 2.0] and upper.tolist()[:3] == [100.0, 100.0, 4.0]
+    assert math.isnan(lower[3]) and math.isnan(upper[3])
+    lower, upper = clipped_band([0.5], [2.0])  # no bounds (RL's normalized returns)
+    assert lower.tolist() == [-1.5] and upper.tolist() == [2.5]
+
+
+def test_plotted_bands_of_accuracy_and_capacity_stay_within_0_and_100(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn = []
+    fill_between, bar = Axes.fill_between, Axes.bar
+
+    def record_fill(self, x, y1, y2=0, **kwargs):
+        drawn.append(("band", np.asarray(y1, float), np.asarray(y2, float)))
+        return fill_between(self, x, y1, y2, **kwargs)
+
+    def record_bar(self, x, height, *args, yerr=None, **kwargs):
+        height, err = np.asarray(height, float), np.asarray(yerr, float)
+        below, above = (err, err) if err.ndim < 2 else err  # symmetric, or (below, above)
+        drawn.append(("bar", height - below, height + above))
+        return bar(self, x, height, *args, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(Axes, "fill_between", record_fill)
+    monkeypatch.setattr(Axes, "bar", record_bar)
+    bits = {"fc1 8→10": {"module": "fc1", "capacity": 0.0, "mean_bits": 0.0, "histogram": [1]}}
+    for seed, (final, cap) in enumerate([(0.05, 0.02), (1.0, 0.95)]):  # far apart: a CI wider than the range
+        write_run(tmp_path / f"s{seed}", approach="blip", seed=seed, final=final,
+                  approach_info={"capacity": cap, "capacity_per_task": [cap / 3, cap / 2, cap],
+                                 "bits_per_layer": {k: {**v, "capacity": cap} for k, v in bits.items()}})
+    groups = _groups(collect(tmp_path))
+    acc_curves_png(groups)
+    capacity_png(groups)
+    assert [kind for kind, _, _ in drawn] == ["band", "band", "bar"]
+    for _, lower, upper in drawn:
+        assert np.all(lower >= 0) and np.all(upper <= 100) and np.all(lower <= upper)
+    assert drawn[0][1].min() == 0 and drawn[0][2].max() == 100  # the unclipped band would pass both ends
+
+
+def test_figures_draw_without_warnings(tmp_path):
+    write_configured_run(tmp_path / "a", ["approach=ewc", "approach.lamb=1"])
+    write_configured_run(tmp_path / "b", ["approach=ewc", "approach.lamb=100000"])
+    bits = {"fc1 784→400": {"module": "fc1", "capacity": 0.3, "mean_bits": 6.0, "histogram": [1]}}
+    info = {"capacity": 0.3, "capacity_per_task": [0.1, 0.1, 0.2, 0.2, 0.3], "bits_per_layer": bits}
+    write_configured_run(tmp_path / "short", ["stream=mnist5", "trainer.max_epochs=2",
+                                              "model.trunk.hidden_sizes=[400,400]"], approach_info=info)
+    write_configured_run(tmp_path / "recipe", ["experiment=blip_mnist5"], approach_info=info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Tight layout not applied" under a legend of long settings
+        out = write_report(tmp_path, tmp_path / "report").parent
+    assert (out / "capacity_mnist5_mlp.png").exists() and len(list(out.glob("acc_matrix_*.png"))) == 4
