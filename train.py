@@ -10,7 +10,7 @@ from omegaconf import DictConfig, open_dict
 
 from cl.errors import RunInterrupted, first_cl_error
 from cl.options import check_options
-from cl.run_dir import FAILED_FILE, RunDirState, resume_command, saved_results
+from cl.run_dir import FAILED_FILE, RunDirState, resume_command, saved_results, with_saved_overrides
 from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line
 
 
@@ -70,4 +70,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = with_saved_overrides(sys.argv)  # resume=true: the run's own overrides first (cl/run_dir.py)
     main()

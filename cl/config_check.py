@@ -1,6 +1,7 @@
 """Checks that run before any work: option types against the constructors they feed, and resume consistency."""
 from __future__ import annotations
 
+import copy
 import inspect
 import types
 import typing
@@ -16,9 +17,12 @@ SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "rl_stream", 
             "rl_eval")
 # options any stream accepts, applied by the pipeline to the built stream (cl/pipeline.py build), not passed to it
 PIPELINE_STREAM_OPTIONS = ("use",)
-# what defines the experiment: a resumed run must use the saved values
-RESUME_KEYS = ("stream", "model", "approach", "seed", "callbacks", "trainer.max_epochs", "first_task", "protocol",
-               "validation_tasks", "rl_stream", "rl_model", "rl_approach", "ppo", "rl_eval")
+# what may differ when a run is resumed (`resume=true`): where its data are read from (paths.*, also a stream's
+# `data_dir`) and whether a missing copy is downloaded, how often it checkpoints and shows progress, which devices it
+# runs on (as many as before), and Hydra's own settings (hydra.*: the run dir, Hydra's logging). Anything else is the
+# run's: its saved value is used, and an override that would change it is an error.
+RESUME_ALLOWED = ("paths", "stream.download", "checkpoint_every_n_steps", "trainer.devices",
+                  "callbacks.progress_bar.refresh_rate")
 _SIMPLE = (int, float, bool, str)
 
 
@@ -111,41 +115,129 @@ def check_config(cfg: DictConfig):
             check_node(node, section, PIPELINE_STREAM_OPTIONS if section == "stream" else ())
 
 
-def _overridden(prefix: str) -> list[str]:
+def resume_allowed(key: str) -> bool:
+    """Whether config key `key` may differ from the saved run's on resume (RESUME_ALLOWED)."""
+    if key == "resume" or key.endswith(".data_dir") or key.startswith(("hydra.", "hydra/")):
+        return True
+    return any(key == a or key.startswith(a + ".") for a in RESUME_ALLOWED)
+
+
+def _typed_overrides() -> list[str]:
+    """This command line's task overrides that are not the run's saved ones (cl/run_dir.py with_saved_overrides)
+    and not of keys that may change on resume."""
     from hydra.core.hydra_config import HydraConfig
+
+    from cl.run_dir import SAVED_OVERRIDES
 
     if not HydraConfig.initialized():
         return []
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
-    return [k for k in keys if k == prefix or k.startswith(prefix + ".") or prefix.startswith(k + ".")]
+    return [o for o in HydraConfig.get().overrides.task
+            if o not in SAVED_OVERRIDES and not resume_allowed(o.split("=", 1)[0].lstrip("+~"))]
 
 
-def _without_data_dir(value):
+_ABSENT = object()
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys at which two plain configs differ (a key only one has counts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*old, *(k for k in new if k not in old)]
+        return [d for k in keys for d in _differences(old.get(k, _ABSENT), new.get(k, _ABSENT),
+                                                      f"{prefix}.{k}" if prefix else str(k))]
+    return [] if old == new else [prefix]
+
+
+def _lookup(config: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
+
+
+def _comparable(cfg: DictConfig, saved: dict) -> dict:
+    """`cfg` resolved as plain data, with what a resume changes by itself as the saved run had it: `resume` and
+    the paths (a run dir moved or a data root given anew; their interpolations follow)."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.resume = saved.get("resume", False)
+        for key, value in (saved.get("paths") or {}).items():
+            OmegaConf.update(cfg, f"paths.{key}", value, merge=False, force_add=True)
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], (DictConfig, ListConfig)) else cfg[k]
+            for k in cfg if k != "hydra"}
+
+
+def _as_saved(value, saved: dict, key: str = ""):
+    """A saved value to put back into the config, with the interpolations `_comparable` resolved made again (a
+    logger's `resume: ${resume}` and `save_dir: ${paths.output_dir}`, a stream's data dir)."""
     if isinstance(value, dict):
-        return {k: _without_data_dir(v) for k, v in value.items() if k != "data_dir"}
+        return {k: _as_saved(v, saved, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_saved(v, saved) for v in value]
+    if key == "resume" and value == saved.get("resume", False):
+        return "${resume}"
+    for name, path in (saved.get("paths") or {}).items():
+        if isinstance(value, str) and value == path:
+            return "${paths." + name + "}"
     return value
 
 
+def _device_count(devices) -> int | None:
+    """How many devices a `trainer.devices` value asks for (None: depends on the machine, e.g. "auto" or -1)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        if "," in devices:
+            return len(parts)
+        devices = int(devices) if devices.strip().isdigit() else None
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else None
+
+
+def _check_devices(saved: dict, current: dict, run_dir: Path):
+    old, new = _lookup(saved, "trainer.devices"), _lookup(current, "trainer.devices")
+    if old == new or old is _ABSENT or new is _ABSENT:
+        return
+    n_old, n_new = _device_count(old), _device_count(new)
+    if n_old is None or n_old != n_new:
+        raise ConfigError(f"resume: trainer.devices={new} is {n_new or 'an unknown number of'} device(s), but the run "
+                          f"in {run_dir} trained on trainer.devices={old} ({n_old or 'an unknown number'}): its "
+                          f"batches would be split differently; give as many devices as it had, or start a new run dir")
+
+
 def check_resume_config(cfg: DictConfig, previous: dict | None, run_dir: Path):
-    """A resumed run continues with the saved experiment config; an explicit override that contradicts it is an
-    error (it would silently mix two experiments)."""
+    """A resumed run is the same run: it continues with the saved config (results.json `config`), also where this
+    command line composes another one (a run started before its overrides were saved, a config file edited since);
+    only the keys of RESUME_ALLOWED may differ. An override on this command line that would change anything else
+    is an error (it would silently mix two experiments, or rename the run in W&B)."""
     if previous is None:
         raise ConfigError(f"resume=true but {run_dir} holds no results.json, so no run was saved there (a run "
                           f"writes it as soon as it starts training); set hydra.run.dir to the folder of the run to "
                           f"continue")
-    saved = OmegaConf.create(previous["config"])
-    for key in RESUME_KEYS:
-        old = OmegaConf.select(saved, key)
-        new = OmegaConf.select(cfg, key)
-        old_c = _without_data_dir(OmegaConf.to_container(old) if isinstance(old, DictConfig) else old)
-        new_c = _without_data_dir(OmegaConf.to_container(new, resolve=True) if isinstance(new, DictConfig) else new)
-        if old_c == new_c:
-            continue
-        conflicts = _overridden(key)
-        if conflicts:
-            raise ConfigError(f"resume: {', '.join(conflicts)} differs from the run in {run_dir}; drop that "
-                              f"override to continue the saved run, or start a new run dir")
-        with open_dict(cfg):
-            if isinstance(old, DictConfig) and isinstance(new, DictConfig) and "data_dir" in new:
-                old = OmegaConf.merge(old, {"data_dir": new.data_dir})
-            OmegaConf.update(cfg, key, old, merge=False)
+    saved = previous["config"]
+    current = _comparable(cfg, saved)
+    _check_devices(saved, current, run_dir)
+    differences = _differences(saved, current)
+    changed = [key for key in differences if not resume_allowed(key)]
+    if not changed:
+        return
+    typed = _typed_overrides()
+    if typed:
+        sections = {key.split(".")[0]: [k for k in changed if k.split(".")[0] == key.split(".")[0]] for key in changed}
+        shown = ", ".join(keys[0] if len(keys) == 1 else f"{section}.* ({len(keys)} keys)"
+                          for section, keys in sections.items())
+        raise ConfigError(f"resume: {', '.join(typed)} differs from the run in {run_dir} (it changes {shown}); a "
+                          f"resumed run continues with its saved config, where only {', '.join(RESUME_ALLOWED)} and "
+                          f"hydra.* may change: drop that override to continue the saved run, or start a new run dir")
+    # the saved values; also those of allowed keys this config lacks (a saved stream's data dir)
+    missing = [key for key in differences if resume_allowed(key) and _lookup(current, key) is _ABSENT]
+    with open_dict(cfg):
+        for key in changed + missing:
+            value = _lookup(saved, key)
+            if value is not _ABSENT:
+                OmegaConf.update(cfg, key, _as_saved(value, saved), merge=False, force_add=True)
+                continue
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]

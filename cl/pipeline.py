@@ -116,8 +116,8 @@ class ContinualRun:
             say(f"the run in {self.run_dir} is complete ({previous['tasks_done']} of {len(previous['task_names'])} "
                 f"{self.unit}s): nothing to resume\n\n{self.table(previous)}")
             return previous
+        self.build()  # the data and the model: a run that cannot start (data missing) never names a run dir
         say(f"run dir: {self.run_dir}")
-        self.build()
         try:
             start = self.restore() if previous else self.start()
             for t in range(start, len(self.stream)):

@@ -6,14 +6,23 @@ import sys
 import time
 
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
-from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
 
 class TaskProgressBar(TQDMProgressBar):
     """A tqdm bar that says which task of the stream is training (one bar per epoch, no validation bars)."""
 
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        # a fit resumed inside an epoch gets no on_train_epoch_start (Lightning): the bar is set up here for it
+        self.train_progress_bar.total = convert_inf(self.total_train_batches)
+        self._describe(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module):
         super().on_train_epoch_start(trainer, pl_module)
+        self._describe(trainer, pl_module)
+
+    def _describe(self, trainer, pl_module):
         self.train_progress_bar.set_description(
             f"task {pl_module.task_id + 1}/{pl_module.n_tasks} epoch {trainer.current_epoch}")
 
@@ -34,6 +43,11 @@ class EpochLines(ProgressBar):
 
     def enable(self):
         self._enabled = True
+
+    def on_train_start(self, trainer, pl_module):
+        # a fit resumed inside an epoch (a mid-task checkpoint) gets no on_train_epoch_start from Lightning: its first
+        # epoch is timed from here (the part of it this process trains)
+        self._t0 = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()

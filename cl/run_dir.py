@@ -2,7 +2,11 @@
 
 A failed run that saved nothing worth keeping (no finished task, no checkpoint) removes what it created, and the
 run dir itself when Hydra made it for this run; one that did save something keeps it and gets `failed.txt` with
-the error. A resumed run never removes anything: the run dir belongs to the run it continues."""
+the error. A resumed run never removes anything: the run dir belongs to the run it continues.
+
+`python train.py resume=true hydra.run.dir=<run dir>` is all a resume needs: `with_saved_overrides` puts the run's
+saved overrides (`<run dir>/.hydra/overrides.yaml`) before the command line's, so that Hydra composes the config the
+run was started with; cl/config_check.py then refuses what would change it."""
 from __future__ import annotations
 
 import datetime
@@ -10,9 +14,18 @@ import json
 import shutil
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
 RESULTS_FILE = "results.json"  # the results contract (cl/results.py)
 FAILED_FILE = "failed.txt"
 HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
+SAVED_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # the task overrides the run was started with
+# the overrides of the run this process resumes, as its run dir held them (set by with_saved_overrides)
+SAVED_OVERRIDES: list[str] = []
+# the folders Hydra is about to make above this run's dir (set by RunDirParents): a run that leaves nothing
+# behind removes them again
+NEW_PARENTS: list[Path] = []
 
 
 def saved_results(run_dir: Path) -> dict | None:
@@ -59,7 +72,70 @@ class RunDirState:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         if self.entries_at_start <= HYDRA_ENTRIES:  # Hydra made this folder for this run: nothing else is in it
             shutil.rmtree(self.run_dir)
+            remove_new_parents(self.run_dir)
         return None
+
+
+def remove_new_parents(run_dir: Path) -> None:
+    """Remove the folders above `run_dir` that Hydra made for this run (NEW_PARENTS), deepest first, while empty."""
+    above = set(Path(run_dir).absolute().parents)
+    for folder in sorted((p for p in NEW_PARENTS if p in above), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's dir is there) or gone
+            break
+
+
+class RunDirParents(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before Hydra makes a single run's dir, note which folders above it
+    do not exist yet (NEW_PARENTS), e.g. `outputs/mnist5/ewc/` of a first run there."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_config = HydraConfig.instance()
+        before = hydra_config.cfg
+        hydra_config.set_config(config)  # for the ${hydra:runtime.choices...} in the run dir's pattern
+        try:
+            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+        except Exception:  # a pattern that cannot be resolved yet: Hydra reports it itself
+            return
+        finally:
+            hydra_config.cfg = before
+        NEW_PARENTS[:] = [p for p in run_dir.parents if not p.exists()]
+
+
+def _is_override_of(arg: str, key: str) -> bool:
+    return "=" in arg and arg.split("=", 1)[0].lstrip("+~") == key
+
+
+def with_saved_overrides(argv: list[str]) -> list[str]:
+    """The command line of `python train.py resume=true hydra.run.dir=<run dir> [overrides]` with the run's saved
+    overrides put first (those the command line does not set itself; `resume` never): Hydra then composes the run's
+    own config — its group choices, so also its W&B name, group and tags — whatever the command line omits.
+    Hydra writes no `.hydra/` for the resumed run, so the run dir keeps the config the run was started with. Unchanged
+    for any other command line, a sweep's (`-m`; cl/sweep.py resumes those), and a run dir without
+    `.hydra/overrides.yaml`."""
+    args = argv[1:]
+    if "-m" in args or "--multirun" in args:
+        return argv
+    if not any(_is_override_of(a, "resume") and a.split("=", 1)[1].strip().lower() == "true" for a in args):
+        return argv
+    run_dirs = [a.split("=", 1)[1].strip("'\"") for a in args if _is_override_of(a, "hydra.run.dir")]
+    if not run_dirs:
+        return argv
+    try:
+        saved = [str(o) for o in OmegaConf.load(Path(run_dirs[-1]) / SAVED_OVERRIDES_FILE)]
+    except Exception:  # no run there, or not one Hydra started: the resume check says what is missing
+        return argv
+    SAVED_OVERRIDES[:] = saved
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a or a.startswith("~")}
+    again = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in given | {"resume"}]
+    # Hydra would rewrite .hydra/ before the run checks this command line: the run dir keeps its own
+    keep = [] if "hydra.output_subdir" in given else ["hydra.output_subdir=null"]
+    # beside the command line's first override: its options (--cfg job) stay in front of all overrides
+    at = next(i for i, a in enumerate(args) if "=" in a and not a.startswith("-"))
+    return [argv[0], *args[:at], *again, *keep, *args[at:]]
 
 
 def resume_command(run_dir: Path) -> str:

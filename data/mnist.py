@@ -63,14 +63,25 @@ def _read(folder: Path, stem: str, allow_download: bool) -> np.ndarray:
             pass  # reported below with the path and what to do
     path = raw_path if raw_path.exists() else gz_path
     if not path.exists():
-        raise DatasetError(f"MNIST file {stem}(.gz) not found in {folder}; put the four canonical idx files there "
-                           f"(set paths.data_dir or CL_DATA_DIR to their parent folder) or run once online")
+        raise DatasetError(missing_message(folder, allow_download))
     raw = _read_into_buffer(path, size)
     array = parse_idx(raw, str(path))
     if array.shape != shape or md5(raw) != expected_md5:
         raise DatasetError(f"{path} does not match the canonical MNIST file (shape {array.shape}, md5 {md5(raw)}); "
                            f"delete it and provide the canonical file")
     return array
+
+
+def missing_message(folder: Path, tried_download: bool) -> str:
+    """What to do when MNIST is not in `folder` (<data root>/mnist), also on a machine that cannot download it."""
+    missing = [f"{stem}(.gz)" for stem in FILES
+               if not (folder / stem).exists() and not (folder / f"{stem}.gz").exists()]
+    why = ("downloading them failed (no network?)" if tried_download
+           else "downloading is off (stream.download=false)")
+    lacks = "holds none of the four files" if len(missing) == len(FILES) else f"lacks {', '.join(missing)}"
+    return (f"MNIST not found: {folder} {lacks}; {why}. Offline, copy the four canonical files "
+            f"{', '.join(f'{stem}.gz' for stem in FILES)} (gzipped or not) into <data root>/mnist/ and give the data "
+            f"root as CL_DATA_DIR=<data root> or paths.data_dir=<data root> (now {folder.parent})")
 
 
 def load_mnist(data_dir: str | Path, allow_download: bool = True) -> dict[str, torch.Tensor]:

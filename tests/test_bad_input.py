@@ -111,3 +111,22 @@ def test_a_failed_run_keeps_what_was_in_its_run_dir(tmp_path):
     assert "approach.lr='abc' has the wrong type" in error_line(proc)
     assert (run_dir / "results.json").read_text() == '{"kept": true}'
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "results.json", "train.log"]
+
+
+# urllib takes these: every download fails at once, as on a machine without a network
+OFFLINE = {key: "http://127.0.0.1:9" for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+OFFLINE.update(no_proxy="", NO_PROXY="")
+
+
+def test_a_missing_data_dir_offline_says_where_to_put_which_files_and_leaves_nothing(tmp_path):
+    data_root = tmp_path / "no_data"
+    proc = run_cli(["stream=mnist5", "approach=ewc", f"paths.data_dir={data_root}"], cwd=tmp_path, env=OFFLINE)
+    line = error_line(proc)
+    assert proc.returncode == 1
+    assert f"{data_root}/mnist" in line
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz", "<data root>/mnist/", "CL_DATA_DIR=", "paths.data_dir="):
+        assert name in line, name
+    assert "online" not in line
+    assert "run dir:" not in proc.stdout + proc.stderr  # the run never started
+    assert list(tmp_path.iterdir()) == []  # no outputs/mnist5/ewc/, no data root
