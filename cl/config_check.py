@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
+import itertools
 import types
 import typing
 from collections.abc import Sequence
@@ -241,3 +243,97 @@ def check_resume_config(cfg: DictConfig, previous: dict | None, run_dir: Path):
             node = OmegaConf.select(cfg, parent) if parent else cfg
             if isinstance(node, DictConfig) and leaf in node:
                 del node[leaf]
+
+
+# --- names on the command line ------------------------------------------------------------------------------------
+def _did_you_mean(name: str, candidates, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+
+
+def _listed(names, limit: int = 25) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _group_values(override) -> list[str]:
+    """The config group options an override of a group selects: one, a list (`logger=[csv,wandb]`) or a sweep's
+    choices (`-m approach=sgd,ewc`); none that can be told without composing (a glob)."""
+    try:
+        value = list(override.sweep_string_iterator()) if override.is_sweep_override() else override.value()
+    except Exception:
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [v for v in values if isinstance(v, str)]
+
+
+def _missing_key(cfg: DictConfig, override, loader) -> str | None:
+    """What is wrong with `override` (`key=value` or `~key`) when `cfg` has no such key, None when it has one or
+    when it cannot be told (a list, an interpolation on the way)."""
+    key = override.key_or_group
+    parts, node = key.split("."), cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_interpolation():
+            return None
+        if part in list(node.keys()):
+            node = node._get_node(part)
+            continue
+        line = override.input_line
+        if i == 0:
+            if loader.repository.group_exists(part):
+                options = loader.get_group_options(part)
+                return (f"{line}: {part} is a config group this command line does not select; select one first with "
+                        f"{part}=<option> (options: {_listed(options)})")
+            names = sorted(set(map(str, node.keys())) | set(loader.list_groups("")))
+            return f"{line}: no config group or key {part!r}{_did_you_mean(part, names)}"
+        parent = ".".join(parts[:i])
+        choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{parent}", default=None)
+        where = f"{parent} ({parent}={choice})" if isinstance(choice, str) else parent
+        keys = [str(k) for k in node.keys()]
+        hint = _did_you_mean(part, keys, prefix=parent + ".") or f"; its keys: {_listed(keys)}"
+        added = "" if override.is_delete() else f" (a new key is added with +{line})"
+        return f"{line}: no key {part!r} in {where}{hint}{added}"
+    return None
+
+
+def unknown_name(overrides: list[str], loader, config_name: str, max_compositions: int = 16) -> str | None:
+    """The error line for the first override of a command line that names a config group option or a config key
+    that does not exist (`approach=ewcc`, `approach.lamda=5000`), with the closest valid names; None when every
+    name exists, or when that cannot be told (Hydra then reports the problem itself). `+key=value` adds a key and
+    is not checked. `loader` is Hydra's config loader, `overrides` the command line's (sweeps allowed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a syntax error: Hydra says where
+        return None
+    groups = [o for o in parsed if loader.repository.group_exists(o.key_or_group)]
+    for override in groups:
+        if override.is_delete():
+            continue
+        options = loader.get_group_options(override.key_or_group)
+        for value in _group_values(override):
+            if value not in options:
+                group = override.key_or_group
+                hint = _did_you_mean(value, options, prefix=group + "=") or f"; its options: {_listed(options)}"
+                return f"{group}={value}: no option {value!r} in config group {group}{hint}"
+    keys = [o for o in parsed if o not in groups and not (o.is_add() or o.is_force_add())]
+    if not keys:
+        return None
+    # the configs this command line composes (one per combination of the group choices a sweep makes), without
+    # its key overrides: each key must exist in each of them
+    added = [o.input_line for o in parsed if o not in groups and (o.is_add() or o.is_force_add())
+             and not o.is_sweep_override()]
+    choices = [[f"{o.get_key_element()}={v}" for v in _group_values(o)] if o.is_sweep_override() else [o.input_line]
+               for o in groups]
+    for combination in itertools.islice(itertools.product(*choices), max_compositions):
+        try:
+            cfg = loader.load_configuration(config_name, [*combination, *added], RunMode.RUN, from_shell=True)
+        except Exception:
+            return None
+        for override in keys:
+            problem = _missing_key(cfg, override, loader)
+            if problem is not None:
+                return problem
+    return None

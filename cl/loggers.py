@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -107,10 +108,16 @@ def wandb_logger(resume: bool = False, **kwargs):
     is configured, instead of prompting or failing; a resumed run (`resume=true`) continues the same W&B run."""
     from pytorch_lightning.loggers import WandbLogger
 
+    offline_for_want_of_a_key = False
     if kwargs.get("offline") is None:
-        kwargs["offline"] = not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb())
+        kwargs["offline"] = offline_for_want_of_a_key = not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb())
     if kwargs["offline"]:
         os.environ.setdefault("WANDB_MODE", "offline")
+    if offline_for_want_of_a_key:
+        # W&B's own lines would say "Run `wandb online`" (which needs the key this machine lacks) and print the run's
+        # history: close_loggers says where the run is and how to upload it instead; W&B's warnings and errors stay.
+        # (W&B reads this when it first starts in the process; a run's own settings do not reach its terminal output)
+        os.environ.setdefault("WANDB_SHOW_INFO", "false")
     id_file = Path(kwargs.get("save_dir") or ".") / "wandb" / RUN_ID_FILE
     if kwargs.get("id") is None:
         if resume and id_file.exists():
@@ -120,7 +127,24 @@ def wandb_logger(resume: bool = False, **kwargs):
             if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
                 id_file.parent.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(kwargs["id"] + "\n")
-    return WandbLogger(**kwargs)
+    logger = WandbLogger(**kwargs)
+    # Lightning passes `anonymous=None` to wandb.init, which W&B answers with "The anonymous setting has no effect"
+    if getattr(logger, "_wandb_init", {}).get("anonymous", False) is None:
+        del logger._wandb_init["anonymous"]
+    logger.cl_offline_note = "no W&B API key is set" if offline_for_want_of_a_key else None
+    return logger
+
+
+def offline_note(logger) -> str | None:
+    """For a W&B run made offline because no API key is set: where it is and how to upload it."""
+    note, run = getattr(logger, "cl_offline_note", None), getattr(logger, "_experiment", None)
+    if not note or run is None:
+        return None
+    try:
+        where = run.settings.sync_dir
+    except Exception:
+        return None
+    return f"W&B run saved offline ({note}): upload it with `wandb sync {where}`"
 
 
 def _netrc_has_wandb() -> bool:
@@ -159,4 +183,8 @@ def log_run_to_wandb(loggers: list, results: dict, run_dir: Path, images: list[s
             model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"tasks_done": results["tasks_done"]})
             model.add_file(str(checkpoint))
             run.log_artifact(model)
-        run.save(str(run_dir / RESULTS_FILE), base_path=str(run_dir), policy="now")
+        # a copy in the run's files (a link would be "Symlinked 1 file ... call wandb.save again", a warning about
+        # a file that is final by now)
+        files = Path(run.dir)
+        shutil.copyfile(run_dir / RESULTS_FILE, files / RESULTS_FILE)
+        run.save(str(files / RESULTS_FILE), base_path=str(files), policy="now")

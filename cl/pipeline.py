@@ -3,6 +3,7 @@ task's test split (seen and unseen) to fill row t of the accuracy matrix; checkp
 after every task, so a run can be resumed from its run dir, also from inside a task (cl/checkpointing.py)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -19,7 +20,7 @@ from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, con
                               read_resume_point, remove_quietly, task_checkpoint)
 from cl.config_check import PIPELINE_STREAM_OPTIONS, check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
-from cl.loggers import log_run_to_wandb
+from cl.loggers import log_run_to_wandb, offline_note
 from cl.results import RESULTS_FILE, build_results, format_table, read_results, write_figures, write_results
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer
@@ -30,14 +31,31 @@ log = logging.getLogger(__name__)
 # a Trainer per task: keep Lightning's per-fit banners (accelerator, "max_epochs reached") out of the output
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-# approaches log once per epoch (see ContinualApproach.log_to_loggers), not every n steps
-warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
-# emitted by Lightning itself under torch 2.13, once per Trainer; nothing a user can act on
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-# runs without a validation split (e.g. GEM's protocols): nothing to validate is expected, not a mistake
-warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
-# a mid-task resume restores the batch position itself (TaskBatches.start_at), which Lightning cannot see
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+# Lightning's warnings about settings of the pipeline's own making, nothing a user can act on:
+QUIET_WARNINGS = (
+    # approaches log once per epoch (see ContinualApproach.log_to_loggers), not every n steps
+    "The number of training batches .* is smaller than the logging interval",
+    # emitted by Lightning itself under torch 2.13, once per Trainer
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # runs without a validation split (e.g. GEM's protocols): nothing to validate is expected, not a mistake
+    "You defined a `validation_step` but have no `val_dataloader`",
+    # a mid-task resume restores the batch position itself (TaskBatches.start_at), which Lightning cannot see
+    "You're resuming from a checkpoint that ended before the epoch ended",
+    # LwF's GEM variant returns None from training_step in its first epoch on purpose (cl/approaches/lwf.py)
+    "`training_step` returned `None`",
+)
+for _message in QUIET_WARNINGS:
+    warnings.filterwarnings("ignore", message=_message)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """QUIET_WARNINGS ignored in this block also where the process's warning filters were reset since this module
+    was imported (a caller's `warnings.catch_warnings`, as pytest's around every test)."""
+    with warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def task_seed(seed: int, t: int) -> int:
@@ -203,9 +221,10 @@ class TaskLoop(ContinualRun):
         cfg = self.cfg
         epochs = self.task_setting(t, "max_epochs", cfg.trainer.max_epochs)
         # the schedule callbacks before the checkpointer (their state goes into its checkpoints), the timer last
-        return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
-                                       callbacks=[*self.callbacks, self.mid_task, self.timer],
-                                       default_root_dir=str(self.run_dir))
+        with quiet_lightning():
+            return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
+                                           callbacks=[*self.callbacks, self.mid_task, self.timer],
+                                           default_root_dir=str(self.run_dir))
 
     def task_setting(self, t: int, key: str, default):
         """`first_task.<key>` for task 1 where it is set, else `default` (what every other task uses)."""
@@ -290,7 +309,8 @@ class TaskLoop(ContinualRun):
             self.timer.resumed_seconds = resume_point.train_seconds
             ckpt_path = str(mid_task_checkpoint(self.run_dir))
         # the run's own checkpoint (approach settings are dataclasses, which torch's weights-only loader refuses)
-        trainer.fit(approach, train, valid, ckpt_path=ckpt_path, weights_only=False)
+        with quiet_lightning():
+            trainer.fit(approach, train, valid, ckpt_path=ckpt_path, weights_only=False)
         train.close()  # the next task's data need not share memory with this task's
         if valid is not None:
             valid.close()
@@ -345,7 +365,10 @@ def close_loggers(loggers: list, status: str):
     for lg in loggers:
         lg.finalize(status)
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            note = offline_note(lg)
             lg._experiment.finish(exit_code=0 if status == "success" else 1)
+            if note:
+                say(note)
 
 
 @rank_zero_only

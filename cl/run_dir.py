@@ -9,9 +9,14 @@ saved overrides (`<run dir>/.hydra/overrides.yaml`) before the command line's, s
 run was started with; cl/config_check.py then refuses what would change it."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
+import re
 import shutil
+import sys
+import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -19,6 +24,7 @@ from omegaconf import OmegaConf
 
 RESULTS_FILE = "results.json"  # the results contract (cl/results.py)
 FAILED_FILE = "failed.txt"
+LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name = train), which also gets what the run prints (run_log)
 HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
 SAVED_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # the task overrides the run was started with
 # the overrides of the run this process resumes, as its run dir held them (set by with_saved_overrides)
@@ -104,6 +110,26 @@ class RunDirParents(Callback):
             hydra_config.cfg = before
         NEW_PARENTS[:] = [p for p in run_dir.parents if not p.exists()]
 
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """A sweep: its dir and the folders above it that do not exist yet (a sweep that stops before its first
+        job, e.g. for a mistyped option name, removes them again: remove_new_sweep_dir)."""
+        try:
+            sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        except Exception:
+            return
+        NEW_PARENTS[:] = [p for p in (sweep_dir, *sweep_dir.parents) if not p.exists()]
+
+
+def remove_new_sweep_dir() -> None:
+    """Remove the folders a sweep that ran no job made (NEW_PARENTS), with the `multirun.yaml` Hydra wrote first."""
+    for folder in sorted(NEW_PARENTS, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
+            (folder / "multirun.yaml").unlink()
+        try:
+            folder.rmdir()
+        except OSError:  # not empty or gone
+            break
+
 
 def _is_override_of(arg: str, key: str) -> bool:
     return "=" in arg and arg.split("=", 1)[0].lstrip("+~") == key
@@ -149,3 +175,86 @@ def resume_command(run_dir: Path) -> str:
     except ValueError:  # not running under Hydra
         pass
     return f"resume with: python train.py resume=true hydra.run.dir={run_dir}{extra}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _Tee:
+    """A text stream that writes to `stream` and, line by line, to the log file `log`: a line redrawn with carriage
+    returns (a progress bar on a terminal) is logged as it was last shown, without terminal escape codes."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log, self._pending = stream, log, ""
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        self._pending += text
+        if "\n" in self._pending:
+            *lines, self._pending = self._pending.split("\n")
+            # a bar that clears itself leaves no blank line
+            self._log.write("".join(_shown(line) + "\n" for line in lines if _shown(line) or "\r" not in line))
+            self._log.flush()
+        if "\r" in self._pending:  # a redraw: only the newest state is kept
+            self._pending = _shown(self._pending)
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close_log(self) -> None:
+        if self._pending.strip():
+            self._log.write(_shown(self._pending) + "\n")
+        self._pending = ""
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the terminal's, file's or pipe's own
+        return getattr(self._stream, name)
+
+
+def _shown(line: str) -> str:
+    """What a terminal shows of a line written with carriage returns: its last non-empty redraw."""
+    parts = [p for p in line.split("\r") if p.strip()]
+    return _ANSI.sub("", parts[-1] if parts else "").rstrip()
+
+
+_RUN_LOGS: list = []  # the log file of the run in progress (run_log), for to_run_log
+
+
+def to_run_log(line: str) -> None:
+    """Write a line to the run's train.log only, not to the terminal (the epoch lines of a run whose terminal shows
+    a bar); nothing outside run_log."""
+    if _RUN_LOGS:
+        _RUN_LOGS[-1].write(line.rstrip("\n") + "\n")
+        _RUN_LOGS[-1].flush()
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the first of its run (DDP starts the others with their ranks in the environment)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path, name: str = LOG_FILE):
+    """While the run is in this block, what it prints to stdout and stderr also goes to `<run dir>/train.log`
+    (appended: a resumed run continues the file), beside Hydra's log records: the epoch lines, the summary tables,
+    the `error:` line of a failed run, the traceback of a crash; a progress bar as the terminal last showed it, and
+    the epoch lines that the terminal's bar stands for (to_run_log). Rank 0 only: the other ranks of a DDP run
+    print nothing of their own."""
+    run_dir = Path(run_dir)
+    if not (run_dir.is_dir() and is_rank_zero()):
+        yield
+        return
+    with open(run_dir / name, "a", encoding="utf-8") as log:
+        out, err = sys.stdout, sys.stderr
+        tees = sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        _RUN_LOGS.append(log)
+        try:
+            yield
+        except Exception:
+            log.write(traceback.format_exc())
+            raise
+        finally:
+            _RUN_LOGS.remove(log)
+            for tee in tees:
+                tee.close_log()
+            sys.stdout, sys.stderr = out, err

@@ -13,6 +13,8 @@ from cl.errors import ConfigError
 
 class PatienceSchedule(Callback):
     needs_validation = True  # the pipeline refuses a stream without a validation split for it
+    stops_early = True  # a task may end before trainer.max_epochs (the epoch lines' ETA says ≤)
+
     def __init__(self, lr_patience: int = 5, lr_factor: float = 3.0, lr_min: float = 1e-4, monitor: str = "val/loss"):
         if lr_patience < 1 or lr_factor <= 1 or lr_min <= 0:
             raise ConfigError(f"schedule needs lr_patience >= 1, lr_factor > 1, lr_min > 0 "
@@ -36,6 +38,10 @@ class PatienceSchedule(Callback):
         self.best, self.best_state = state_dict["best"], state_dict["best_state"]
         self.patience, self.lr = state_dict["patience"], state_dict["lr"]
         self._restored = True
+
+    def progress_text(self) -> str:
+        """For the epoch lines (cl/progress.py): epochs without improvement of the lr_patience it waits."""
+        return f"patience {self.lr_patience - self.patience}/{self.lr_patience}"
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import sys
 import time
 
 import hydra
@@ -28,6 +29,8 @@ from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_pos
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
 from cl.pipeline import ContinualRun, config_dict, instantiate_all, task_seed
+from cl.progress import duration
+from cl.run_dir import to_run_log
 from cl.results import atomic_write, build_results
 from rl.approaches import RLApproach
 from rl.envs import GameStream
@@ -43,6 +46,64 @@ RETURNS_PLOT, GIF_DIR = "returns.png", "gifs"
 def run(cfg: DictConfig) -> dict:
     with StopRequests() as stops:
         return RLLoop(cfg, stops).run()
+
+
+class GameProgress:
+    """A game's training progress: a tqdm bar on a terminal; where stdout is a file or a pipe (a cluster job's log),
+    where a bar would write a carriage-return redraw for every refresh, plain lines instead, and in the run's
+    train.log either way: one every `lines`-th part of the game's updates and one at its end (update, environment
+    steps, steps per second, the mean return of the last 10 training episodes, the newest greedy evaluation of the
+    games so far when there was one since the last line, the time the game's remaining updates take at this pace).
+    Rank 0 only."""
+
+    def __init__(self, game: str, updates: int, batch: int, enabled: bool = True, lines: int = 20,
+                 terminal: bool | None = None):
+        self.game, self.updates, self.batch, self.enabled = game, updates, batch, enabled
+        self.every = max(1, updates // lines)
+        self.t0 = time.perf_counter()
+        self.evaluated: dict[str, float] = {}
+        terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.bar = (tqdm(total=updates * batch, unit="step", unit_scale=True, mininterval=2.0, dynamic_ncols=True,
+                         desc=game) if enabled and terminal else None)
+
+    def update(self, update: int, mean_return: float | None):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.batch)
+            if mean_return is not None:
+                self.bar.set_postfix(ret=f"{mean_return:.1f}", refresh=False)
+        if update % self.every and update != self.updates:
+            return
+        seconds = time.perf_counter() - self.t0
+        steps = update * self.batch
+        parts = [self.game, f"update {update}/{self.updates}",
+                 f"steps {_count(steps)}/{_count(self.updates * self.batch)}",
+                 f"{steps / max(seconds, 1e-9):.0f} steps/s",
+                 "return " + ("—" if mean_return is None else f"{mean_return:.2f}")]
+        if self.evaluated:
+            parts.append("eval " + " ".join(f"{name} {r:.2f}" for name, r in self.evaluated.items()))
+            self.evaluated = {}
+        parts.append(f"{seconds:.1f} s")
+        if update < self.updates:
+            parts.append(f"game ETA {duration(seconds / update * (self.updates - update))}")
+        if self.bar is None:
+            print("  ".join(parts), flush=True)
+        else:  # the terminal shows the bar; the run's train.log gets the lines
+            to_run_log("  ".join(parts))
+
+    def evaluation(self, returns: dict[str, float]):
+        """A greedy evaluation during training: the next line shows it."""
+        self.evaluated = dict(returns)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _count(n: int) -> str:
+    """1024, 25.6k, 1.25M."""
+    return f"{n / 1e6:.3g}M" if n >= 10**6 else f"{n / 1e3:.3g}k" if n >= 10**4 else str(n)
 
 
 def normalized(raw: list[list[float]], diagonal: list[float | None]) -> list[list[float | None]]:
@@ -148,16 +209,13 @@ class RLLoop(ContinualRun):
         recent: collections.deque[float] = collections.deque(maxlen=10)
         spent = {"rollout": 0.0, "update": 0.0}
         offset = t * self.updates * s.batch
-        bar = tqdm(total=self.updates * s.batch, unit="step", unit_scale=True, mininterval=2.0, dynamic_ncols=True,
-                   desc=f"game {t + 1}/{len(self.stream)} {self.names[t]}", disable=not self.fabric.is_global_zero)
+        game = f"game {t + 1}/{len(self.stream)} {self.names[t]}"
+        progress = GameProgress(game, self.updates, s.batch, self.fabric.is_global_zero)
 
         def on_update(stats: UpdateStats):
             recent.extend(stats.episode_returns)
             spent["rollout"] += stats.rollout_seconds
             spent["update"] += stats.update_seconds
-            bar.update(s.batch)
-            if recent:
-                bar.set_postfix(ret=f"{np.mean(recent):.1f}", refresh=False)
             step = offset + stats.env_steps
             if stats.update % 10 == 0 or stats.update == self.updates:
                 metrics = {f"train/{k}": getattr(stats, k) for k in
@@ -167,7 +225,8 @@ class RLLoop(ContinualRun):
                 self.log_metrics(metrics, step)
             every = self.eval.every_updates
             if every and stats.update % every == 0 and stats.update < self.updates:
-                self.evaluate_seen(t, step)
+                progress.evaluation(self.evaluate_seen(t, step))
+            progress.update(stats.update, float(np.mean(recent)) if recent else None)
             if self.stops.signum is not None:
                 raise RunInterrupted(self.stops.signum, f"in game {t + 1}, which starts over when resumed")
 
@@ -175,7 +234,7 @@ class RLLoop(ContinualRun):
         try:
             rollout = train_game(self.agent, self.approach, envs, t, self.updates, s, self.device, on_update)
         finally:
-            bar.close()
+            progress.close()
             envs.close()
         t1 = time.perf_counter()
         self.approach.end_task(self.agent, t, rollout.obs.flatten(0, 1))
@@ -184,11 +243,12 @@ class RLLoop(ContinualRun):
         self.times["rollout"].append(spent["rollout"])
         self.times["update"].append(spent["update"])
 
-    def evaluate_seen(self, t: int, step: int):
+    def evaluate_seen(self, t: int, step: int) -> dict[str, float]:
         returns = {self.names[j]: evaluate(self.agent, self.stream, j, self.eval, self.cfg.seed, self.device)[0]
                    for j in range(t + 1)}
         self.curves.append({"step": step, "task": t, "returns": returns})
         self.log_metrics({f"eval/{name}": r for name, r in returns.items()}, step)
+        return returns
 
     def finish_task(self, t: int):
         t0 = time.perf_counter()

@@ -53,11 +53,14 @@ def run_pipeline(overrides: list[str], run_dir: Path) -> dict:
     return run(compose_config(overrides, run_dir))
 
 
-def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 300):
-    """Run `python train.py args` in a subprocess (for messages and exit codes as a user sees them)."""
+def run_cli(args: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: int = 300, text: bool = True):
+    """Run `python train.py args` in a subprocess (for messages and exit codes as a user sees them); a variable
+    that `env` maps to None is left out of the subprocess's environment. `text=False`: the output as bytes, as
+    written (text mode reads a carriage return as a line end)."""
     full_env = {**os.environ, "CL_DATA_DIR": str(SHARED_DATA), **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=text, timeout=timeout)
 
 
 @pytest.fixture
@@ -66,6 +69,7 @@ def fit_task(tmp_path):
     Lightning Trainer, as the pipeline trains it (shuffled batches seeded by t), outside the pipeline."""
     import pytorch_lightning as pl
 
+    from cl.pipeline import quiet_lightning
     from data.tensor_loader import TaskBatches
 
     def fit(approach, data, t: int, epochs: int = 1, callbacks=(), validate: bool = False):
@@ -75,8 +79,9 @@ def fit_task(tmp_path):
                              limit_val_batches=None if validate else 0, callbacks=list(callbacks),
                              default_root_dir=tmp_path)
         valid = TaskBatches(approach.valid_sources(data, t), 256) if validate else None
-        trainer.fit(approach, TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size,
-                                          shuffle=True, seed=t), valid)
+        with quiet_lightning():  # as the pipeline fits (no "no val_dataloader" warning without validation)
+            trainer.fit(approach, TaskBatches(approach.train_sources(data, t), approach.hparams.batch_size,
+                                              shuffle=True, seed=t), valid)
         return trainer
 
     return fit

@@ -23,6 +23,7 @@ from cl.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_ome
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
 from cl.per_sample import sample_labels
+from cl.pipeline import quiet_lightning
 from cl.task_data import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from data.tensor_loader import BatchSource, TaskBatches
@@ -411,7 +412,8 @@ def fit(approach, data: DeviceStream, t: int, epochs: int, tmp_path, callbacks=(
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0, callbacks=list(callbacks), default_root_dir=str(tmp_path))
-    trainer.fit(approach, TaskBatches(approach.train_sources(data, t), 32, shuffle=True, seed=t))
+    with quiet_lightning():  # no validation here, as in the pipeline's runs without a validation split
+        trainer.fit(approach, TaskBatches(approach.train_sources(data, t), 32, shuffle=True, seed=t))
 
 
 def task_one_accuracy(cls, tmp_path, **kwargs) -> float:

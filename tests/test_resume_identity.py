@@ -25,7 +25,7 @@ from tests.conftest import ROOT, SHARED_DATA, compose_config, run_cli
 # two tasks of split MNIST, a few batches per epoch; task 1 lasts long enough for the SIGINT to land inside it
 OVERRIDES = ["stream=mnist5", "approach=si", "logger=[csv,wandb]", "debug=default", "stream.tasks=[[0,1],[2,3]]",
              "trainer.max_epochs=3"]
-EPOCH_LINE = re.compile(r"task (\d+)/\d+\s+epoch (\d+)/\d+\s.*\s([\d.]+) s$")
+EPOCH_LINE = re.compile(r"task (\d+)/\d+\s+epoch (\d+)/\d+\s.*?\s([\d.]+) s(?:\s|$)")
 
 
 def offline_wandb(home: Path) -> dict:
