@@ -8,10 +8,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from cl.errors import RunInterrupted, first_cl_error
+from cl.errors import ConfigError, RunInterrupted, first_cl_error
 from cl.options import check_options
-from cl.run_dir import (FAILED_FILE, RunDirState, remove_new_sweep_dir, resume_command, run_log, saved_results,
-                        with_saved_overrides)
+from cl.run_dir import (FAILED_FILE, RunDirState, hold_run_dir, release_run_dir, remove_new_sweep_dir, resume_command,
+                        run_log, saved_results, with_saved_overrides)
 from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line
 
 
@@ -30,6 +30,22 @@ def main(cfg: DictConfig) -> float:
 
         torch.set_num_threads(THREADS_PER_JOB)
     sweep_job = in_multirun()
+    try:  # a single run holds its dir already (cl.run_dir.RunDirGuard); a sweep's job takes its own here
+        hold_run_dir(run_dir)
+    except ConfigError as e:  # another live run is in this job's dir: it is left alone, the sweep goes on
+        print(f"error: {e}", file=sys.stderr)
+        if not sweep_job:
+            sys.exit(1)
+        return objective(None)
+    try:
+        return run_in(run_dir, cfg, sweep_job)
+    finally:
+        release_run_dir(run_dir)
+
+
+def run_in(run_dir: Path, cfg: DictConfig, sweep_job: bool) -> float:
+    """The run, in the run dir it holds: what it prints also goes to its train.log; an error is one line (and
+    failed.txt where something was saved), an interrupt prints the command that resumes it."""
     if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/sweep.py)
         previous = saved_results(run_dir)
         if previous and previous.get("complete"):

@@ -9,12 +9,19 @@ Files in `<run dir>/checkpoints/`:
 A mid-task checkpoint is a Lightning checkpoint (model, optimizer, loops, callback states such as the patience
 schedule) plus `cl_resume`: where in the epoch training stopped, the RNG states, the partial epoch loss, the task's
 training time so far and how far the loggers had written, so a resumed run replays nothing and logs nothing twice.
+
+Every checkpoint (Lightning's through `AtomicCheckpointIO`, the RL loop's directly) is written by
+`write_checkpoint`: a temp file in the same folder, flushed to the disk, renamed over the old one. Every read goes
+through `read_checkpoint`, which checks the zip archive's CRCs before torch unpickles it; a resume that meets a
+file it cannot read sets it aside (`<name>.unreadable`) and falls back to the one before (cl/pipeline.py).
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +29,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning import Callback
 
 from cl.errors import RunInterrupted
+from cl.results import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 MID_TASK = "mid_task.ckpt"
@@ -37,6 +46,60 @@ def task_checkpoint(run_dir: Path, t: int) -> Path:
 
 def mid_task_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / MID_TASK
+
+
+def write_checkpoint(path: Path, checkpoint: dict) -> None:
+    """Save `checkpoint` with torch.save, atomically (cl.results.atomic_write): a crash or a full disk leaves the
+    previous file at `path` as it was."""
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write(path, buf.getvalue())
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint that cannot be used; the message says why, in a few words."""
+
+
+def read_checkpoint(path: Path, keys: tuple[str, ...], map_location="cpu") -> dict:
+    """The checkpoint at `path`, verified: a complete zip archive (torch's format) whose members match their CRCs,
+    that torch can load and that holds `keys`; UnreadableCheckpoint otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableCheckpoint("the file is missing")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UnreadableCheckpoint(f"truncated or not a checkpoint: {e}") from None
+    if bad is not None:
+        raise UnreadableCheckpoint(f"its member {bad} does not match its checksum")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # whatever unpickling a damaged or foreign file raises
+        first_line = (str(e).splitlines() or [""])[0]
+        raise UnreadableCheckpoint(f"torch cannot load it: {type(e).__name__}: {first_line}") from None
+    missing = [key for key in keys if key not in checkpoint]
+    if missing:
+        raise UnreadableCheckpoint(f"it lacks {', '.join(missing)}")
+    return checkpoint
+
+
+def set_aside(path: Path) -> Path:
+    """Move an unreadable checkpoint out of the way under a name no resume reads (`<name>.unreadable`, numbered
+    when that is taken), so that nobody loses a file they might still want to look at."""
+    path = Path(path)
+    aside, n = path.with_name(f"{path.name}.unreadable"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.unreadable.{n}"), n + 1
+    path.rename(aside)
+    return aside
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (`Trainer.save_checkpoint`, rank 0) through write_checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        write_checkpoint(Path(path), checkpoint)
 
 
 class StopRequests:

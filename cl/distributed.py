@@ -1,7 +1,8 @@
 """Work shared across ranks under torch.distributed: task-end statistics (every rank takes its own share of the work
-and the sums are added up, so 2 processes give the same numbers as 1), the online approaches' gradients (averaged)
-and the samples their memories receive (gathered, so every rank's memory is the same). Outside torch.distributed
-all of them are no-ops."""
+and the sums are added up, so 2 processes give the same numbers as 1), evaluation (each rank scores its block of
+the test batches, the counts are added up), the online approaches' gradients (averaged) and the samples their
+memories receive (gathered, so every rank's memory is the same). Outside torch.distributed all of them are
+no-ops."""
 from __future__ import annotations
 
 import torch
@@ -18,6 +19,23 @@ def rank_share(n: int) -> slice:
     """This rank's disjoint share of n items (samples, or batches): every item when not distributed."""
     rank, world = _world()
     return slice(rank, n, world)
+
+
+def rank_block(n: int) -> slice:
+    """This rank's contiguous share of n items (evaluation batches): consecutive blocks in rank order, as equal as
+    n allows; every item when not distributed."""
+    rank, world = _world()
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+
+def sum_over_ranks(counts: list[int], device) -> list[int]:
+    """Integer counts added up over the ranks, exactly, in one all-reduce (a tensor on `device`, which the
+    process group's backend must take: CUDA for nccl)."""
+    if _world()[1] == 1:
+        return counts
+    total = torch.tensor(counts, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
 
 
 def all_reduce_sums(sums: dict[str, torch.Tensor], count: int) -> tuple[dict[str, torch.Tensor], int]:

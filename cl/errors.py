@@ -1,4 +1,8 @@
 """Errors that stop a run with one clear, actionable line (train.py prints them without a traceback)."""
+import errno
+
+# what a full disk or an exhausted quota raises, anywhere the run writes
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CLError(Exception):
@@ -17,11 +21,19 @@ class TrainingError(CLError):
     """Training diverged (NaN/inf loss) or otherwise cannot continue."""
 
 
+class WriteError(CLError):
+    """A file of the run could not be written (a full disk, a quota, a folder that became read-only)."""
+
+
 def first_cl_error(e: BaseException | None) -> CLError | None:
-    """Hydra wraps errors raised while instantiating: find ours (to print its one line)."""
+    """Hydra wraps errors raised while instantiating: find ours (to print its one line). A full disk met by a
+    write outside the run's own writers (a logger's file) counts as ours too: it is no bug to trace back."""
     while e is not None:
         if isinstance(e, CLError):
             return e
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            return WriteError(f"could not write {e.filename or 'a file of the run'} ({e.strerror}): free space "
+                              f"and resume")
         e = e.__cause__ or e.__context__
     return None
 

@@ -9,7 +9,9 @@ approach that is not selected) is skipped. Every value of every shipped config f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -379,9 +381,33 @@ def check_installed(cfg: DictConfig) -> None:
                                   f"pip install -e \".[{extra}]\" (or \".[all]\")")
 
 
+def check_data_root(cfg: DictConfig) -> None:
+    """Raise ConfigError when the stream reads files (it has a `data_dir`) from a data root that is not a readable
+    folder: one that exists must be a folder this user can list; one that does not must lie under a folder (the
+    stream then says which files to put there, or downloads them). The key named is `paths.data_dir` unless the
+    stream's own `stream.data_dir` was given."""
+    value = OmegaConf.select(cfg, "stream.data_dir", default=None)
+    if value is None:  # a stream without files (digits5), or continual RL
+        return
+    key = "paths.data_dir" if value == OmegaConf.select(cfg, "paths.data_dir", default=None) else "stream.data_dir"
+    root = Path(str(value))
+    blocker = next(p for p in (root, *root.absolute().parents) if p.exists())
+    if not blocker.is_dir():
+        what = "is a file, not a folder" if blocker == root else f"cannot be a folder: {blocker} is a file"
+        raise ConfigError(f"{key}={value} {what}; give the folder that holds the datasets "
+                          f"(CL_DATA_DIR=<folder> or {key}=<folder>)")
+    if blocker == root:
+        try:
+            with os.scandir(root):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{key}={value} cannot be read ({e.strerror or e}); give a folder this user can read "
+                              f"(CL_DATA_DIR=<folder> or {key}=<folder>)") from None
+
+
 def check_options(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable), or for a
-    selected part whose optional packages are missing."""
+    """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable), for a
+    selected part whose optional packages are missing, or for a data root that cannot be read (check_data_root)."""
     for key, rule in RULES.items():
         try:
             value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
@@ -394,3 +420,4 @@ def check_options(cfg: DictConfig) -> None:
         if problem is not None:
             raise ConfigError(f"{key}={value!r} {problem}")
     check_installed(cfg)
+    check_data_root(cfg)

@@ -16,12 +16,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from cl.approaches.base import ContinualApproach
-from cl.checkpointing import (MidTaskCheckpoints, ResumePoint, StopRequests, continue_logs, mid_task_checkpoint,
-                              read_resume_point, remove_quietly, task_checkpoint)
+from cl.checkpointing import (AtomicCheckpointIO, MidTaskCheckpoints, ResumePoint, StopRequests, UnreadableCheckpoint,
+                              continue_logs, mid_task_checkpoint, read_checkpoint, read_resume_point, remove_quietly,
+                              set_aside, task_checkpoint)
 from cl.config_check import PIPELINE_STREAM_OPTIONS, check_config, check_resume_config
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb, offline_note
-from cl.results import RESULTS_FILE, build_results, format_table, read_results, write_figures, write_results
+from cl.results import (RESULTS_FILE, build_results, format_table, read_results, results_until, write_figures,
+                        write_results)
 from cl.task_data import DeviceStream
 from cl.timing import TaskTimer
 from data.stream import Stream
@@ -115,8 +117,10 @@ class ContinualRun:
     and the loggers closed whether the run ends, fails or is interrupted. A subclass gives `build()`, `start()` and
     `restore()` (each returns the first task to train and sets `times`), `train_task(t)`, `finish_task(t)` (which
     calls `record_task`), `build_results()` (which sets `results`), `save_checkpoint(t)`, `write_figures()`,
-    `table(results)` and `log_end()`, and sets `stream` and `loggers` in build()."""
+    `table(results)` and `log_end()`, and sets `stream` and `loggers` in build(). `restore()` finds its checkpoint
+    with `last_readable`, which falls back over unreadable ones; results.json is then rewritten to match."""
     unit = "task"  # what the run's messages call one element of its stream
+    checkpoint_keys: tuple[str, ...] = ()  # what a task checkpoint of this loop must hold to be used
 
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         self.t_start = time.perf_counter()
@@ -138,6 +142,8 @@ class ContinualRun:
         say(f"run dir: {self.run_dir}")
         try:
             start = self.restore() if previous else self.start()
+            if previous and start < previous["tasks_done"]:  # fell back to an older checkpoint: so do the results
+                self.write_results()
             for t in range(start, len(self.stream)):
                 self.train_task(t)
                 self.finish_task(t)
@@ -170,8 +176,44 @@ class ContinualRun:
     def write_results(self, results: dict | None = None):
         write_results(self.run_dir, results or self.build_results())
 
+    def read_or_set_aside(self, path: Path, keys: tuple[str, ...], map_location="cpu") -> dict | None:
+        """The checkpoint at `path`, or None when it cannot be read: then a line says which file and why, and rank 0
+        moves the file aside (cl.checkpointing.set_aside)."""
+        try:
+            return read_checkpoint(path, keys, map_location)
+        except UnreadableCheckpoint as why:
+            moved = ""
+            if path.exists() and rank_zero_only.rank == 0:
+                moved = f"; moved it aside to {set_aside(path).name}"
+            log.warning("checkpoint %s cannot be read (%s)%s", path, why, moved)
+            return None
+
+    def last_readable(self, done: int, map_location="cpu") -> tuple[int, dict | None]:
+        """The newest task checkpoint that can be read (task `done`'s, else the one before, ...) and how many tasks
+        it has finished; (0, None) when there is none, and the run starts again at its first task. A fallback cuts
+        `previous` to the tasks kept (cl.results.results_until): the later ones are trained again."""
+        kept, checkpoint = 0, None
+        for k in range(done, 0, -1):
+            checkpoint = self.read_or_set_aside(task_checkpoint(self.run_dir, k - 1), self.checkpoint_keys,
+                                                map_location)
+            if checkpoint is not None:
+                kept = k
+                break
+        if kept < done:
+            self.previous = results_until(self.previous, kept)
+            again = (f"{self.unit} {done} is" if kept + 1 == done else f"{self.unit}s {kept + 1}-{done} are")
+            since = task_checkpoint(self.run_dir, kept - 1) if kept else "the start: no task checkpoint can be read"
+            log.warning("falling back to %s; %s trained again", since, again)
+        return kept, checkpoint
+
+
+# what a mid-task checkpoint must hold to be resumed from (a task checkpoint: TaskLoop.checkpoint_keys)
+MID_TASK_KEYS = ("state_dict", "cl_task_id", "cl_task_step_offset", "cl_resume")
+
 
 class TaskLoop(ContinualRun):
+    checkpoint_keys = ("state_dict", "cl_step_offset")
+
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         super().__init__(cfg, stops)
         self.acc_rows: list[list[float]] = []  # the accuracy matrix's rows so far (none: no figure to draw)
@@ -224,7 +266,7 @@ class TaskLoop(ContinualRun):
         with quiet_lightning():
             return hydra.utils.instantiate(cfg.trainer, max_epochs=epochs, logger=self.loggers or False,
                                            callbacks=[*self.callbacks, self.mid_task, self.timer],
-                                           default_root_dir=str(self.run_dir))
+                                           plugins=[AtomicCheckpointIO()], default_root_dir=str(self.run_dir))
 
     def task_setting(self, t: int, key: str, default):
         """`first_task.<key>` for task 1 where it is set, else `default` (what every other task uses)."""
@@ -251,18 +293,25 @@ class TaskLoop(ContinualRun):
         return 0
 
     def restore(self) -> int:
-        """Continue from the newest checkpoint: a mid-task one of the first unfinished task (its position goes to
-        `resume_point`), else the last task's."""
-        prev, run_dir = self.previous, self.run_dir
-        done, T = prev["tasks_done"], len(self.stream)
+        """Continue from the newest readable checkpoint: a mid-task one of the first unfinished task (its position
+        goes to `resume_point`), else the newest task checkpoint (`last_readable`)."""
+        run_dir, T = self.run_dir, len(self.stream)
+        done = saved = self.previous["tasks_done"]
+        mid_path = mid_task_checkpoint(run_dir)
+        mid = self.read_or_set_aside(mid_path, MID_TASK_KEYS) if mid_path.exists() else None
+        if mid is not None and mid["cl_task_id"] != done:
+            remove_quietly(mid_path)  # a leftover of a task that finished after it
+            mid = None
+        ckpt = mid
+        if mid is None:
+            done, ckpt = self.last_readable(done)
+        prev = self.previous
         self.acc_rows, self.random_init = prev["acc_matrix"], prev["random_init_acc"]
         self.times, self.cl_state = prev["time_s"], prev["memory"]["cl_state_bytes"]
         self.times.setdefault("io", [0.0] * done)  # runs saved before these were measured
         self.times.setdefault("setup", 0.0)
         self.elapsed_before = self.times["total"]
-        mid_path = mid_task_checkpoint(run_dir)
-        mid = torch.load(mid_path, map_location="cpu", weights_only=False) if mid_path.exists() else None
-        if mid is not None and mid["cl_task_id"] == done:
+        if mid is not None:
             point = read_resume_point(mid)
             self.step_offset = mid["cl_task_step_offset"]
             continue_logs(self.loggers, mid)
@@ -270,14 +319,13 @@ class TaskLoop(ContinualRun):
                      run_dir, done + 1, T, point.epoch + 1, point.batches_done)
             self.resume_point = point
             return done
-        remove_quietly(mid_path)  # a leftover of a task that finished after it
-        if done == 0:
+        if ckpt is None:
             self.step_offset = 0
             continue_logs(self.loggers, None)
-            log.info("resuming %s: no task had finished and no mid-task checkpoint was saved, so task 1 of %d "
-                     "starts over (the random-initialisation row is kept)", run_dir, T)
+            if not saved:  # else last_readable said why
+                log.info("resuming %s: no task had finished and no mid-task checkpoint was saved, so task 1 of %d "
+                         "starts over (the random-initialisation row is kept)", run_dir, T)
             return 0
-        ckpt = torch.load(task_checkpoint(run_dir, done - 1), map_location="cpu", weights_only=False)
         self.approach.load_state_dict(ckpt["state_dict"])
         self.approach.on_load_checkpoint(ckpt)
         self.step_offset = ckpt["cl_step_offset"]

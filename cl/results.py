@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cl.errors import ConfigError, WriteError
 from cl.metrics import all_metrics, forgetting_per_task
 from cl.run_dir import RESULTS_FILE
 
@@ -23,20 +24,42 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, data: bytes | str):
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file. The file gets
-    the permissions a plain open() would give it (mkstemp's own are 0600)."""
+    """Write to a temp file in the same folder, flush it to the disk, then rename it over `path`: readers never see
+    a half-written file, and a crash or a full disk mid-write leaves the previous file as it was. The file gets the
+    permissions a plain open() would give it (mkstemp's own are 0600). A failed write removes its temp file and
+    raises WriteError, one line naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+        _sync_folder(path.parent)  # the rename itself survives a power cut
+    except OSError as e:
+        kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was left half-written"
+        raise WriteError(f"could not write {path} ({e.strerror or e}); {kept}") from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system that cannot open folders: the rename is as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def build_results(*, stream: str, approach: str, model: str, seed: int, task_names: list[str],
@@ -75,8 +98,29 @@ def write_figures(run_dir: Path, results: dict):
 
 
 def read_results(run_dir: Path) -> dict | None:
+    """The run's results.json (None when it has none); ConfigError when it cannot be read."""
     path = Path(run_dir) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); the run in {run_dir} cannot be resumed") from e
+
+
+def results_until(results: dict, k: int) -> dict:
+    """`results` as they stood after task k (k of its tasks done): what a run resumed from task k's checkpoint
+    continues from. The rows, times, memory figures and (RL) evaluation curves of later tasks are dropped; the
+    metrics are recomputed when the results are next built."""
+    cut = dict(results, tasks_done=k, complete=False)
+    for key in ("acc_matrix", "return_matrix"):
+        if key in cut:
+            cut[key] = cut[key][:k]
+    cut["time_s"] = {key: v[:k] if isinstance(v, list) else v for key, v in results["time_s"].items()}
+    cut["memory"] = dict(results["memory"], cl_state_bytes=results["memory"]["cl_state_bytes"][:k])
+    if "curves" in cut:
+        cut["curves"] = [c for c in cut["curves"] if c["task"] < k]
+    return cut
 
 
 def pyplot():

@@ -1,4 +1,11 @@
-"""What a run leaves in its run dir when it stops early (light: imported by train.py before torch).
+"""The run dir: who holds it, whether it can be written, and what a run leaves there when it stops early (light:
+imported by train.py before torch).
+
+A run dir belongs to one live run: before Hydra writes anything into it (`.hydra/`, train.log), `RunDirGuard`
+checks that it can be made and written and takes its lock, `run.lock` (pid, host, start), made with O_CREAT|O_EXCL.
+A second run or a resume into it stops with one `error:` line naming the holder; a lock whose process is gone
+(same host, that pid no longer running) is taken over with a note. Rank 0 holds it for all the run's DDP ranks;
+a sweep's jobs each lock their own dir. The lock goes when the run ends in any way (train.py, and at exit).
 
 A failed run that saved nothing worth keeping (no finished task, no checkpoint) removes what it created, and the
 run dir itself when Hydra made it for this run; one that did save something keeps it and gets `failed.txt` with
@@ -9,27 +16,35 @@ saved overrides (`<run dir>/.hydra/overrides.yaml`) before the command line's, s
 run was started with; cl/config_check.py then refuses what would change it."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import json
 import os
 import re
 import shutil
+import socket
 import sys
+import tempfile
+import time
 import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from cl.errors import ConfigError
+
 RESULTS_FILE = "results.json"  # the results contract (cl/results.py)
 FAILED_FILE = "failed.txt"
 LOG_FILE = "train.log"  # Hydra's job log (hydra.job.name = train), which also gets what the run prints (run_log)
-HYDRA_ENTRIES = {".hydra", "train.log"}  # what Hydra writes into a run dir before the job starts
+LOCK_FILE = "run.lock"  # the live run that holds the run dir (hold_run_dir)
+# what a run dir holds before the job starts: Hydra's entries and the lock
+HYDRA_ENTRIES = {".hydra", "train.log", LOCK_FILE}
 SAVED_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # the task overrides the run was started with
 # the overrides of the run this process resumes, as its run dir held them (set by with_saved_overrides)
 SAVED_OVERRIDES: list[str] = []
-# the folders Hydra is about to make above this run's dir (set by RunDirParents): a run that leaves nothing
+# the folders Hydra is about to make above this run's dir (set by RunDirGuard): a run that leaves nothing
 # behind removes them again
 NEW_PARENTS: list[Path] = []
 
@@ -71,7 +86,10 @@ class RunDirState:
             return None
         if keep or self._saved_progress():
             path = self.run_dir / FAILED_FILE
-            path.write_text(f"{datetime.datetime.now().isoformat(timespec='seconds')} error: {error}\n")
+            try:
+                path.write_text(f"{datetime.datetime.now().isoformat(timespec='seconds')} error: {error}\n")
+            except OSError:  # the disk is full: the error line on the terminal is all there is
+                return None
             return str(path)
         for entry in self.run_dir.iterdir():
             if entry.name not in self.entries_at_start:
@@ -92,32 +110,184 @@ def remove_new_parents(run_dir: Path) -> None:
             break
 
 
-class RunDirParents(Callback):
-    """Hydra callback (conf/hydra/default.yaml): before Hydra makes a single run's dir, note which folders above it
-    do not exist yet (NEW_PARENTS), e.g. `outputs/mnist5/ewc/` of a first run there."""
+def writable_dir(path: Path, key: str) -> None:
+    """Make the folder `path` (and the folders above it) and check that a file can be written in it; ConfigError
+    naming `key` and the path when it cannot, with whatever this made removed again."""
+    path = Path(path).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        for folder in made:  # deepest first; only the empty folders this call made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        blocker = next((p for p in (path, *path.parents) if p.exists()), path)
+        why = (f"{blocker} is a file, not a folder" if not blocker.is_dir()
+               else f"{e.strerror or e}: {e.filename or path}")
+        verb = "created" if made or not blocker.is_dir() else "written"
+        raise ConfigError(f"{key}={path} cannot be {verb} ({why}); give a folder this user can write to") from None
+
+
+def _process_start(pid: int) -> str | None:
+    """When the process `pid` started (clock ticks since boot, Linux's /proc), to tell it from a later process
+    that got the same pid; None where that cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running(holder: dict) -> bool:
+    """Whether the lock's process still runs (only asked for a lock taken on this host)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    started = holder.get("started")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock file's holder; None when it is gone, or empty or garbled (a lock being written, or a broken one)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+_HELD: dict[Path, dict] = {}  # the run dirs this process holds, with what their lock files say
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """Take `run_dir`'s lock for this run: ConfigError, one line naming the holder and the dir, when another live
+    run holds it; a lock whose process is gone (same host, pid not running) is taken over with a note. Only rank 0
+    locks (the other DDP ranks are the same run); a dir this process holds already is left as it is."""
+    run_dir = Path(run_dir).absolute()
+    if not is_rank_zero() or run_dir in _HELD:
+        return
+    path = run_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
+          "since": datetime.datetime.now().isoformat(sep=" ", timespec="seconds")}
+    waited = 0
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None and path.exists() and waited < 20:  # just being written by its run
+                waited += 1
+                time.sleep(0.05)
+                continue
+            if holder is None and path.exists():
+                raise ConfigError(f"{run_dir} holds a lock file that cannot be read ({path}); if no run is using "
+                                  f"this run dir, delete it") from None
+            if holder is not None and (holder.get("host") != me["host"] or _running(holder)):
+                raise ConfigError(f"{run_dir} is in use by another run (pid {holder.get('pid')} on "
+                                  f"{holder.get('host')}, since {holder.get('since')}): wait for it to end or give "
+                                  f"another hydra.run.dir (if that run is gone, delete {path})") from None
+            if holder is not None and _take_over(path, holder):
+                print(f"note: {run_dir} was locked by pid {holder.get('pid')} on {holder.get('host')} (since "
+                      f"{holder.get('since')}), which is no longer running; this run takes the lock over",
+                      file=sys.stderr, flush=True)
+            continue
+        except OSError as e:
+            raise ConfigError(f"hydra.run.dir={run_dir} cannot be written ({e.strerror or e}: {path}); give a "
+                              f"folder this user can write to") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _HELD[run_dir] = me
+        return
+
+
+def _take_over(path: Path, stale: dict) -> bool:
+    """Remove the lock `stale` of a process that is gone; False when another run was quicker (its lock stays)."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)  # atomic: of two runs taking over at once, one moves the stale lock
+    except FileNotFoundError:
+        return False
+    if _read_lock(aside) != stale:  # the quicker run's own lock was moved: put it back
+        os.replace(aside, path)
+        return False
+    os.unlink(aside)
+    return True
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Give up `run_dir`'s lock, if this process holds it (a failed run's cleanup may have removed the dir)."""
+    run_dir = Path(run_dir).absolute()
+    mine = _HELD.pop(run_dir, None)
+    if mine is not None and _read_lock(run_dir / LOCK_FILE) == mine:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+
+
+@atexit.register
+def _release_all() -> None:
+    """Whatever ends the process (an error before or after the job, sys.exit, the last Ctrl-C) ends its locks."""
+    for run_dir in list(_HELD):
+        release_run_dir(run_dir)
+
+
+def _resolved_dir(config, key: str) -> Path | None:
+    """The folder `key` (hydra.run.dir, hydra.sweep.dir) of `config`, as Hydra will make it; None when it cannot
+    be resolved yet (Hydra then reports it itself)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    hydra_config.set_config(config)  # for the ${hydra:runtime.choices...} in the run dir's pattern
+    try:
+        return Path(str(OmegaConf.select(config, key))).absolute()
+    except Exception:
+        return None
+    finally:
+        hydra_config.cfg = before
+
+
+class RunDirGuard(Callback):
+    """Hydra callback (conf/hydra/default.yaml), before Hydra makes a single run's dir or a sweep's dir: note which
+    folders above it do not exist yet (NEW_PARENTS, e.g. `outputs/mnist5/ewc/` of a first run there), check the
+    dir can be made and written, and take a single run's lock (hold_run_dir; a sweep's jobs lock their dirs in
+    train.py). A failure is one `error:` line, exit 1, and nothing made; Hydra has not touched the dir yet."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_config = HydraConfig.instance()
-        before = hydra_config.cfg
-        hydra_config.set_config(config)  # for the ${hydra:runtime.choices...} in the run dir's pattern
-        try:
-            run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
-        except Exception:  # a pattern that cannot be resolved yet: Hydra reports it itself
+        run_dir = _resolved_dir(config, "hydra.run.dir")
+        if run_dir is None:
             return
-        finally:
-            hydra_config.cfg = before
         NEW_PARENTS[:] = [p for p in run_dir.parents if not p.exists()]
+        if is_rank_zero():  # the other DDP ranks run in the dir their rank 0 holds
+            _or_exit(lambda: (writable_dir(run_dir, "hydra.run.dir"), hold_run_dir(run_dir)))
 
     def on_multirun_start(self, config, **kwargs) -> None:
         """A sweep: its dir and the folders above it that do not exist yet (a sweep that stops before its first
         job, e.g. for a mistyped option name, removes them again: remove_new_sweep_dir)."""
-        try:
-            sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
-        except Exception:
+        sweep_dir = _resolved_dir(config, "hydra.sweep.dir")
+        if sweep_dir is None:
             return
         NEW_PARENTS[:] = [p for p in (sweep_dir, *sweep_dir.parents) if not p.exists()]
+        _or_exit(lambda: writable_dir(sweep_dir, "hydra.sweep.dir"))
+
+
+def _or_exit(check) -> None:
+    """Run `check`; a ConfigError is one `error:` line and exit 1 (Hydra would turn a callback's exception into a
+    warning and go on)."""
+    try:
+        check()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def remove_new_sweep_dir() -> None:
@@ -180,9 +350,35 @@ def resume_command(run_dir: Path) -> str:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+class _LogFile:
+    """The run's train.log, written line by line; on a full disk it stops (the terminal still shows everything) rather
+    than fail the print that met it, which may be the run's own error line."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is None:
+            return
+        try:
+            file.close()
+        except OSError:  # what the full disk kept in the buffer is lost
+            pass
+
+
 class _Tee:
-    """A text stream that writes to `stream` and, line by line, to the log file `log`: a line redrawn with carriage
-    returns (a progress bar on a terminal) is logged as it was last shown, without terminal escape codes."""
+    """A text stream that writes to `stream` and, line by line, to the log file `log` (a _LogFile): a line redrawn
+    with carriage returns (a progress bar on a terminal) is logged as it was last shown, without escape codes."""
 
     def __init__(self, stream, log):
         self._stream, self._log, self._pending = stream, log, ""
@@ -194,7 +390,6 @@ class _Tee:
             *lines, self._pending = self._pending.split("\n")
             # a bar that clears itself leaves no blank line
             self._log.write("".join(_shown(line) + "\n" for line in lines if _shown(line) or "\r" not in line))
-            self._log.flush()
         if "\r" in self._pending:  # a redraw: only the newest state is kept
             self._pending = _shown(self._pending)
         return written
@@ -225,7 +420,6 @@ def to_run_log(line: str) -> None:
     a bar); nothing outside run_log."""
     if _RUN_LOGS:
         _RUN_LOGS[-1].write(line.rstrip("\n") + "\n")
-        _RUN_LOGS[-1].flush()
 
 
 def is_rank_zero() -> bool:
@@ -244,17 +438,18 @@ def run_log(run_dir: Path, name: str = LOG_FILE):
     if not (run_dir.is_dir() and is_rank_zero()):
         yield
         return
-    with open(run_dir / name, "a", encoding="utf-8") as log:
-        out, err = sys.stdout, sys.stderr
-        tees = sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        _RUN_LOGS.append(log)
-        try:
-            yield
-        except Exception:
-            log.write(traceback.format_exc())
-            raise
-        finally:
-            _RUN_LOGS.remove(log)
-            for tee in tees:
-                tee.close_log()
-            sys.stdout, sys.stderr = out, err
+    log = _LogFile(run_dir / name)
+    out, err = sys.stdout, sys.stderr
+    tees = sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+    _RUN_LOGS.append(log)
+    try:
+        yield
+    except Exception:
+        log.write(traceback.format_exc())
+        raise
+    finally:
+        _RUN_LOGS.remove(log)
+        for tee in tees:
+            tee.close_log()
+        sys.stdout, sys.stderr = out, err
+        log.close()

@@ -50,9 +50,13 @@ class BatchSource:
 
     def head(self, n: int | None) -> "BatchSource":
         """The first `n` samples (all when `n` is None), e.g. to cap evaluation in debug runs."""
-        if n is None or n >= len(self.y):
+        return self if n is None else self.part(0, n)
+
+    def part(self, start: int, end: int) -> "BatchSource":
+        """Samples `start` to `end` (a DDP rank's share of an evaluation); itself when that is all of them."""
+        if start <= 0 and end >= len(self.y):
             return self
-        return BatchSource(self.x[:n], self.y[:n], self.task, self.transform)
+        return BatchSource(self.x[start:end], self.y[start:end], self.task, self.transform)
 
 
 class TaskBatches:

@@ -11,7 +11,6 @@ end of its own training, so ACC and BWT read as in classification; null until th
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import sys
 import time
@@ -25,7 +24,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
-from cl.checkpointing import LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint
+from cl.checkpointing import (LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint,
+                              write_checkpoint)
 from cl.errors import ConfigError, RunInterrupted
 from cl.loggers import log_run_to_wandb
 from cl.pipeline import ContinualRun, config_dict, instantiate_all, task_seed
@@ -126,6 +126,7 @@ def state_bytes(module: torch.nn.Module) -> int:
 
 class RLLoop(ContinualRun):
     unit = "game"
+    checkpoint_keys = ("agent", "approach")
 
     def __init__(self, cfg: DictConfig, stops: StopRequests):
         missing = [g for g in ("rl_model", "rl_approach", "ppo", "rl_eval") if cfg.get(g) is None]
@@ -184,16 +185,17 @@ class RLLoop(ContinualRun):
         return 0
 
     def restore(self) -> int:
+        saved = self.previous["tasks_done"]
+        done, ckpt = self.last_readable(saved, map_location=self.device)
         prev = self.previous
-        done = prev["tasks_done"]
         self.raw_rows, self.random_init = prev["return_matrix"], prev["random_init_return"]
         self.curves, self.times, self.cl_state = prev["curves"], prev["time_s"], prev["memory"]["cl_state_bytes"]
         self.elapsed_before = self.times["total"]
-        if done == 0:
+        if ckpt is None:
             continue_logs(self.loggers, None)
-            log.info("resuming %s: no game had finished, so game 1 starts over", self.run_dir)
+            if not saved:  # else last_readable said why
+                log.info("resuming %s: no game had finished, so game 1 starts over", self.run_dir)
             return 0
-        ckpt = torch.load(task_checkpoint(self.run_dir, done - 1), map_location=self.device, weights_only=False)
         self.agent.load_state_dict(ckpt["agent"])
         self.approach.load_state_dict(ckpt["approach"])
         continue_logs(self.loggers, ckpt)
@@ -288,10 +290,9 @@ class RLLoop(ContinualRun):
 
     @rank_zero_only
     def save_checkpoint(self, t: int):
-        buf = io.BytesIO()
-        torch.save({"agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
-                    LOG_POSITIONS: log_positions(self.loggers)}, buf)
-        atomic_write(task_checkpoint(self.run_dir, t), buf.getvalue())
+        write_checkpoint(task_checkpoint(self.run_dir, t), {
+            "agent": self.agent.state_dict(), "approach": self.approach.state_dict(), "game": t,
+            LOG_POSITIONS: log_positions(self.loggers)})
 
     def save_frames(self, t: int, j: int, frames: list[np.ndarray]):
         path = self.run_dir / GIF_DIR / f"frames_{t}_{j}.npz"

@@ -11,6 +11,8 @@ What a new approach overrides (all optional):
   uses every task so far; replay methods add memories).
 - `trainable_parameters()` / `trained_tasks()`: what task t trains; the rest is frozen for the task.
 - `forward(x, task)`: logits used for training and evaluation (e.g. `independent` swaps in its per-task trunk).
+- `predict(x, task)`: the labels evaluation scores (default: the argmax of `forward`; iCaRL: the nearest mean of
+  exemplars); `accuracy(source)` shards the test batches over DDP ranks around it.
 - `on_after_optimizer_step()`: work after every optimizer step (e.g. BLIP's projection), kept out of the loop.
 - `approach_info()`: a JSON-able dict stored in `results.json` under `approach_info`.
 Per-parameter state that must survive checkpoints belongs in registered buffers (state_dict carries them).
@@ -24,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from cl.distributed import rank_block, sum_over_ranks
 from cl.errors import TrainingError
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
@@ -181,15 +184,26 @@ class ContinualApproach(pl.LightningModule):
         for lg in self.trainer.loggers:
             lg.log_metrics(metrics, step=self.logger_step if step is None else step)
 
+    def predict(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        """The labels of a batch that evaluation scores (in eval mode, without gradients)."""
+        return self(x, task).argmax(1)
+
     @torch.inference_mode()
     def accuracy(self, source: BatchSource) -> float:
+        """The fraction of `source` that `predict` gets right. Under DDP each rank predicts its block of the
+        evaluation batches, the very batches one process forms (so each sample's prediction is computed as there),
+        and the two counts are all-reduced: every rank returns the accuracy of the whole set, the same number."""
+        size = self.hparams.eval_batch_size
+        block = rank_block(-(-len(source.y) // size))
+        share = source.part(block.start * size, block.stop * size)
         was_training = self.training
         self.eval()
         correct = torch.zeros((), dtype=torch.long, device=source.y.device)
-        for x, y, task in source.batches(self.hparams.eval_batch_size):
-            correct += (self(x, task).argmax(1) == y).sum()
+        for x, y, task in share.batches(size):
+            correct += (self.predict(x, task) == y).sum()
         self.train(was_training)
-        return int(correct) / len(source.y)
+        right, total = sum_over_ranks([int(correct), len(share.y)], source.y.device)
+        return right / total
 
     def approach_info(self) -> dict:
         return {}

@@ -20,7 +20,6 @@ from cl.approaches.replay import ReplayApproach
 from cl.errors import ConfigError
 from cl.memory import EpisodicMemory
 from cl.models.network import TaskNetwork
-from data.tensor_loader import BatchSource
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -125,19 +124,11 @@ class ICaRL(ReplayApproach):
         self.train(was_training)
 
     # --- prediction: nearest mean of exemplars ----------------------------------------------------------------------------
-    @torch.inference_mode()
-    def accuracy(self, source: BatchSource) -> float:
+    def predict(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
         done = int(self.groups_done)
         if done == 0:  # before the first task ends there are no exemplars: the network's own prediction
-            return super().accuracy(source)
-        was_training = self.training
-        self.eval()
-        correct = 0
-        for x, y, _ in source.batches(self.hparams.eval_batch_size):
-            nearest = torch.cdist(self.features(x), self.class_means[:done]).argmin(1)
-            correct += int((self.group_class[nearest] == y).sum())
-        self.train(was_training)
-        return correct / len(source.y)
+            return super().predict(x, task)
+        return self.group_class[torch.cdist(self.features(x), self.class_means[:done]).argmin(1)]
 
     def approach_info(self) -> dict:
         return {**super().approach_info(), "classes_with_exemplars": int(self.groups_done)}
