@@ -17,35 +17,21 @@ On a GPU machine (one rank per GPU, nccl):
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.ddp_throughput import ddp_run  # noqa: E402
 from bench.report import publish  # noqa: E402
-from cl.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 
 def run(args: argparse.Namespace, devices: int) -> dict:
-    if devices == 1:
-        trainer = ["trainer=cpu"] if args.accelerator == "cpu" else ["trainer=gpu", "trainer.devices=1"]
-    else:
-        trainer = ["trainer=ddp", f"trainer.accelerator={args.accelerator}", f"trainer.devices={devices}"]
-    run_dir = Path(tempfile.mkdtemp(prefix="ddp_eval_"))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "CL_THREADS_PER_JOB": str(args.threads)}
-    cmd = [sys.executable, str(ROOT / "train.py"), "stream=pmnist", f"stream.n_tasks={args.tasks}", "approach=sgd",
-           *trainer, "trainer.max_epochs=1", f"+trainer.limit_train_batches={args.train_batches}",
-           f"model.trunk.hidden_sizes=[{args.hidden}]", "logger=[]", f"paths.data_dir={args.data_dir.resolve()}",
-           f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{devices} device(s) failed:\n{done.stderr[-2000:]}")
-    return read_results(run_dir)
+    return ddp_run(["stream=pmnist", f"stream.n_tasks={args.tasks}", "approach=sgd", "trainer.max_epochs=1",
+                    f"+trainer.limit_train_batches={args.train_batches}", f"model.trunk.hidden_sizes=[{args.hidden}]"],
+                   devices, args.accelerator, args.threads, args.data_dir.resolve())
 
 
 def main():

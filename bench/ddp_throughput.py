@@ -26,19 +26,26 @@ from tests.conftest import SHARED_DATA  # noqa: E402
 EPOCHS = 2
 
 
-def train(approach: str, devices: int, accelerator: str, data_dir: Path) -> dict:
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // devices) if accelerator == "cpu" else 1
+def ddp_run(overrides: list[str], devices: int, accelerator: str, threads: int, data_dir: Path) -> dict:
+    """`python train.py <overrides>` on `devices` processes (DDP when more than one) with `threads` torch threads
+    each, as a user runs it; its results.json."""
     trainer = ["trainer=cpu"] if devices == 1 and accelerator == "cpu" else \
         ["trainer=ddp" if devices > 1 else "trainer=gpu", f"trainer.accelerator={accelerator}", f"trainer.devices={devices}"]
     run_dir = Path(tempfile.mkdtemp())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CL_THREADS_PER_JOB": str(threads)}
-    cmd = [sys.executable, str(ROOT / "train.py"), "stream=mnist5", f"approach={approach}", *trainer,
-           f"trainer.max_epochs={EPOCHS}", "logger=[]", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, *trainer, "logger=[]", f"paths.data_dir={data_dir}",
+           f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"{approach} on {devices} device(s) failed:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(overrides)} on {devices} device(s) failed:\n{done.stderr[-2000:]}")
     return read_results(run_dir)
+
+
+def train(approach: str, devices: int, accelerator: str, data_dir: Path) -> dict:
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // devices) if accelerator == "cpu" else 1
+    return ddp_run(["stream=mnist5", f"approach={approach}", f"trainer.max_epochs={EPOCHS}"], devices, accelerator,
+                   threads, data_dir)
 
 
 def main():

@@ -157,6 +157,7 @@ def test_loggers_get_the_numbers(tmp_path, monkeypatch):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_run(tmp_path):
     """trainer=ddp on CPU (gloo): ranks share the batches, rank 0 writes the files, evaluation covers every sample."""
     from tests.conftest import run_cli

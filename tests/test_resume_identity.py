@@ -91,6 +91,7 @@ def resumed(tmp_path_factory):
     return run_dir, done, wall
 
 
+@pytest.mark.slow
 def test_the_printed_command_resumes_the_same_run(resumed):
     run_dir, done, _ = resumed
     results = json.loads((run_dir / "results.json").read_text())
@@ -115,6 +116,7 @@ def test_the_printed_command_resumes_the_same_run(resumed):
                                                                                             tags)
 
 
+@pytest.mark.slow
 def test_the_first_epoch_after_a_mid_task_resume_shows_its_own_duration(resumed):
     run_dir, done, wall = resumed
     epochs = [EPOCH_LINE.search(line) for line in done.stdout.splitlines()]
@@ -126,6 +128,7 @@ def test_the_first_epoch_after_a_mid_task_resume_shows_its_own_duration(resumed)
     assert 0 < sum(times["train"]) < times["total"]
 
 
+@pytest.mark.slow
 def test_a_resume_that_would_change_the_run_is_refused(resumed):
     run_dir, _, _ = resumed
     before = (run_dir / "results.json").read_text()

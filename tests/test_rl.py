@@ -129,7 +129,7 @@ class SignalAfter:
         return after
 
 
-@pytest.mark.parametrize("approach", ["blip", "ewc"])
+@pytest.mark.parametrize("approach", ["blip", pytest.param("ewc", marks=pytest.mark.slow)])
 def test_resume_mid_stream_gives_the_same_return_matrix(approach, tmp_path, monkeypatch):
     from rl import approaches
 
@@ -165,6 +165,7 @@ def test_rl_refuses_several_devices_in_one_line(tmp_path):
         run_rl(minatar("ft") + ["trainer.devices=2"], tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_runs_a_minatar_recipe(tmp_path):
     done = run_cli(minatar("ft") + [f"hydra.run.dir={tmp_path}"])
     assert done.returncode == 0, done.stderr[-2000:]

@@ -35,6 +35,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "1 failed" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_skips_complete_jobs_and_resumes_partial_ones(tmp_path):
     args = ["-m", "approach=sgd,ewc", *FAST, f"hydra.sweep.dir={tmp_path}"]
     assert run_cli(args).returncode == 0
@@ -57,6 +58,7 @@ def test_a_sweep_run_again_skips_complete_jobs_and_resumes_partial_ones(tmp_path
     assert [j["status"] for j in summary(tmp_path)] == ["complete", "complete"]
 
 
+@pytest.mark.slow
 def test_multirun_with_ddp_runs_each_job_once_on_its_own_ranks(tmp_path):
     outputs = tmp_path / "cwd"
     outputs.mkdir()
@@ -82,6 +84,7 @@ def test_every_launcher_composes(launcher, target, tmp_path):
         assert cfg.hydra.launcher.n_jobs == max(1, os.cpu_count() // THREADS_PER_JOB)
 
 
+@pytest.mark.slow
 def test_a_parallel_sweep_runs_its_jobs(tmp_path):
     done = run_cli(["-m", "hydra/launcher=local_parallel", "approach=sgd,ewc", *FAST, f"hydra.sweep.dir={tmp_path}"],
                    env={"CL_THREADS_PER_JOB": "1"})
@@ -111,6 +114,7 @@ def test_the_validation_protocol_needs_held_out_validation_splits(override, says
         run_pipeline(["protocol=validation", override, "debug=default"], tmp_path)
 
 
+@pytest.mark.slow
 def test_an_optuna_search_tunes_on_validation_runs(tmp_path):
     done = run_cli(["-m", "approach=ewc", "hparams_search=ewc_lambda", "hydra.sweeper.n_trials=2", *FAST,
                     f"hydra.sweep.dir={tmp_path}"])
@@ -126,6 +130,7 @@ def wandb_records(run_dir: Path) -> bytes:
     return next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_one_wandb_run_per_job_grouped_and_tagged_with_its_files(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_cli(["-m", "approach=blip", "seed=0,1", "debug=default", "logger=wandb", f"hydra.sweep.dir={sweep}"],
