@@ -100,14 +100,20 @@ class RunDirState:
         return None
 
 
+def remove_empty_folders(folders) -> None:
+    """Remove `folders` deepest first, while they are empty (a folder that holds another run's dir, or is gone,
+    stops it: the ones above it hold it)."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def remove_new_parents(run_dir: Path) -> None:
     """Remove the folders above `run_dir` that Hydra made for this run (NEW_PARENTS), deepest first, while empty."""
     above = set(Path(run_dir).absolute().parents)
-    for folder in sorted((p for p in NEW_PARENTS if p in above), key=lambda p: len(p.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (another run's dir is there) or gone
-            break
+    remove_empty_folders(p for p in NEW_PARENTS if p in above)
 
 
 def writable_dir(path: Path, key: str) -> None:
@@ -120,11 +126,7 @@ def writable_dir(path: Path, key: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        for folder in made:  # deepest first; only the empty folders this call made
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(made)
         blocker = next((p for p in (path, *path.parents) if p.exists()), path)
         why = (f"{blocker} is a file, not a folder" if not blocker.is_dir()
                else f"{e.strerror or e}: {e.filename or path}")
@@ -292,13 +294,10 @@ def _or_exit(check) -> None:
 
 def remove_new_sweep_dir() -> None:
     """Remove the folders a sweep that ran no job made (NEW_PARENTS), with the `multirun.yaml` Hydra wrote first."""
-    for folder in sorted(NEW_PARENTS, key=lambda p: len(p.parts), reverse=True):
+    for folder in NEW_PARENTS:
         if folder.is_dir() and [p.name for p in folder.iterdir()] == ["multirun.yaml"]:
             (folder / "multirun.yaml").unlink()
-        try:
-            folder.rmdir()
-        except OSError:  # not empty or gone
-            break
+    remove_empty_folders(NEW_PARENTS)
 
 
 def _is_override_of(arg: str, key: str) -> bool:
