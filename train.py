@@ -9,10 +9,10 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from cl.errors import ConfigError, RunInterrupted, first_cl_error
-from cl.options import check_options
-from cl.run_dir import (FAILED_FILE, RunDirState, hold_run_dir, release_run_dir, remove_new_sweep_dir, resume_command,
+from cl.config.options import check_options
+from cl.run.run_dir import (FAILED_FILE, RunDirState, hold_run_dir, release_run_dir, remove_new_sweep_dir, resume_command,
                         run_log, saved_results, with_saved_overrides)
-from cl.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line
+from cl.run.sweep import THREADS_PER_JOB, in_multirun, own_ranks, pin_command_line
 
 
 def objective(results: dict | None) -> float:
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float:
 
         torch.set_num_threads(THREADS_PER_JOB)
     sweep_job = in_multirun()
-    try:  # a single run holds its dir already (cl.run_dir.RunDirGuard); a sweep's job takes its own here
+    try:  # a single run holds its dir already (cl.run.run_dir.RunDirGuard); a sweep's job takes its own here
         hold_run_dir(run_dir)
     except ConfigError as e:  # another live run is in this job's dir: it is left alone, the sweep goes on
         print(f"error: {e}", file=sys.stderr)
@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> float:
 def run_in(run_dir: Path, cfg: DictConfig, sweep_job: bool) -> float:
     """The run, in the run dir it holds: what it prints also goes to its train.log; an error is one line (and
     failed.txt where something was saved), an interrupt prints the command that resumes it."""
-    if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/sweep.py)
+    if sweep_job:  # a sweep run again into its own dir goes on where it stopped (cl/run/sweep.py)
         previous = saved_results(run_dir)
         if previous and previous.get("complete"):
             print(f"skipped: {run_dir} is complete", flush=True)
@@ -63,7 +63,7 @@ def run_in(run_dir: Path, cfg: DictConfig, sweep_job: bool) -> float:
             if cfg.get("rl_stream") is not None:  # a continual-RL recipe (experiment=rl_*)
                 from rl.loop import run
             else:
-                from cl.pipeline import run
+                from cl.run.supervised import run
             with own_ranks() if sweep_job else nullcontext():
                 return objective(run(cfg))
         except RunInterrupted as e:
@@ -91,12 +91,12 @@ def report_unknown_names() -> None:
     """A mistyped option or group name (`approach.lamda=5000`, `approach=ewcc`) stops with one `error:` line that
     names the closest valid ones, instead of Hydra's several-line report; any other failure of Hydra's is reported
     by Hydra as before. Hydra composes the config inside its `run_and_report`, which this wraps: a valid command
-    line costs nothing, a failed composition is looked into again by cl.config_check.unknown_name."""
+    line costs nothing, a failed composition is looked into again by cl.config.checks.unknown_name."""
     import hydra._internal.utils as hydra_utils
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
-    from cl.config_check import unknown_name
+    from cl.config.checks import unknown_name
 
     report = getattr(hydra_utils, "run_and_report", None)
     if report is None:  # another Hydra: its own messages
@@ -126,6 +126,6 @@ def report_unknown_names() -> None:
 if __name__ == "__main__":
     if not sys.stderr.isatty():  # a log file or a pipe: no colour codes (Optuna's log lines, any colorlog handler)
         os.environ.setdefault("NO_COLOR", "1")
-    sys.argv = with_saved_overrides(sys.argv)  # resume=true: the run's own overrides first (cl/run_dir.py)
+    sys.argv = with_saved_overrides(sys.argv)  # resume=true: the run's own overrides first (cl/run/run_dir.py)
     report_unknown_names()
     main()

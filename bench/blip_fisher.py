@@ -1,5 +1,5 @@
 """BLIP's task-end Fisher on the official MNIST setting: MLP 784-1200 (BLIP init), split-MNIST task 1, 8,000
-samples, Fisher batch 100. Times the fast estimate (cl.blip.fisher: factorized per-sample squared gradients)
+samples, Fisher batch 100. Times the fast estimate (cl.stats.fisher: factorized per-sample squared gradients)
 against a plain per-sample autograd loop, and reports the largest relative error between the two.
 
     python bench/blip_fisher.py [--data-dir ../shared/data] [--loop-samples 500]
@@ -20,9 +20,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import publish  # noqa: E402
-from cl.approaches.blip import BLIP  # noqa: E402
-from cl.blip.fisher import FisherSettings, estimate_fisher, sample_labels, squared_gradient_sums  # noqa: E402
-from cl.models import MLP, TaskNetwork  # noqa: E402
+from cl.approaches.isolation.blip import BLIP  # noqa: E402
+from cl.stats.fisher import FisherSettings, estimate_fisher, sample_labels, squared_gradient_sums  # noqa: E402
+from cl.models.mlp import MLP
+from cl.models.network import TaskNetwork  # noqa: E402
 from data.streams import split_mnist  # noqa: E402
 
 N_SAMPLES, FISHER_BATCH = 8000, 100

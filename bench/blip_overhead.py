@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.approaches.blip import BLIP  # noqa: E402
-from cl.approaches.sgd import SGD  # noqa: E402
-from cl.models import MLP, TaskNetwork  # noqa: E402
-from cl.task_data import DeviceStream  # noqa: E402
+from cl.approaches.isolation.blip import BLIP  # noqa: E402
+from cl.approaches.baselines.sgd import SGD  # noqa: E402
+from cl.models.mlp import MLP
+from cl.models.network import TaskNetwork  # noqa: E402
+from data.device_stream import DeviceStream  # noqa: E402
 from data.streams import split_mnist  # noqa: E402
 from data.tensor_loader import TaskBatches  # noqa: E402
 

@@ -12,7 +12,7 @@ momentum; MLP 784-1200; fixed epochs):
 Part `mas_demo`: experiment=mas_mnist_demo (Ω accumulation) and mas_mnist_demo_sequence, as the recipes say.
 
 Each run goes through the real pipeline (a Lightning Trainer per task) and leaves its run dir under --out; the tables
-are cl.report's over those run dirs: mean ± 95 % CI over the seeds of ACC, BWT, FWT, forgetting, LA, wall-clock
+are cl.outputs.report's over those run dirs: mean ± 95 % CI over the seeds of ACC, BWT, FWT, forgetting, LA, wall-clock
 (`time_s.total`) and CL-state bytes after the last task (`memory.cl_state_bytes`).
 """
 from __future__ import annotations
@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
 from cl.errors import ConfigError, TrainingError  # noqa: E402
-from cl.pipeline import config_dict  # noqa: E402
-from cl.pipeline import run as run_config  # noqa: E402
-from cl.report import collect, markdown_tables, summarize  # noqa: E402
-from cl.results import read_results  # noqa: E402
+from cl.run.skeleton import config_dict  # noqa: E402
+from cl.run.supervised import run as run_config  # noqa: E402
+from cl.outputs.report import collect, markdown_tables, summarize  # noqa: E402
+from cl.outputs.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA, compose_config, config_options  # noqa: E402
 
 # the online replay approaches (batch 10, one epoch, memories) have their own protocols: bench/replay_results.py
@@ -116,7 +116,7 @@ INTROS = {
         "`conf/approach` defaults on one common protocol: MLP 784-1200, SGD lr 0.01, "
         "batch 64, fixed epochs per task (no patience schedule); split MNIST with a 2-way head per task (BLIP's "
         "protocol), permuted MNIST with one shared 10-way head (the EWC and GEM papers' protocol). Each table is "
-        "`python -m cl.report`'s over the stream's run dirs: mean ± 95 % CI over {seeds} seeds; wall-clock = "
+        "`python -m cl.outputs.report`'s over the stream's run dirs: mean ± 95 % CI over {seeds} seeds; wall-clock = "
         "`time_s.total` of the run (CPU); CL state = `memory.cl_state_bytes` after the last task. Run dirs: "
         "`{out}/approaches/`.\n\n"
         "These are short runs (3 and 2 epochs per task), not the papers' protocols: the papers train each task to "

@@ -26,7 +26,7 @@ from data.cifar import CIFAR10, MEAN, STD, load_cifar  # noqa: E402
 from data.image_cache import MemmapImages, cache_key, cached_images  # noqa: E402
 from data.image_files import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from data.miniimagenet import miniimagenet  # noqa: E402
-from cl.task_data import DeviceStream  # noqa: E402
+from data.device_stream import DeviceStream  # noqa: E402
 from data.stream import InputTransform, Split, Stream, Task  # noqa: E402
 from data.tensor_loader import TaskBatches  # noqa: E402
 from tests.fixtures import write_cifar10, write_miniimagenet_folder  # noqa: E402

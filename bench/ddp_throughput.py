@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.results import read_results  # noqa: E402
+from cl.outputs.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 EPOCHS = 2

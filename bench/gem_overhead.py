@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.results import read_results  # noqa: E402
+from cl.outputs.results import read_results  # noqa: E402
 
 GOAL_S = 35.0
 

@@ -41,8 +41,8 @@ def plain_setup(recipe: str, tasks: int, data_dir: str):
     data, shapes and init are the recipe's), and the training tensors of each task as float inputs."""
     import torch
 
-    from cl.pipeline import build
-    from cl.task_data import DeviceStream
+    from cl.run.supervised import build
+    from data.device_stream import DeviceStream
     from tests.conftest import compose_config
 
     cfg = compose_config([f"experiment={recipe}", f"paths.data_dir={data_dir}", *n_tasks_override(recipe, tasks)],
@@ -217,7 +217,7 @@ def run(command: list[str], data_dir: str) -> float:
 
 
 def pipeline(recipe: str, tasks: int, data_dir: str, tmp: Path) -> dict:
-    from cl.results import read_results
+    from cl.outputs.results import read_results
 
     run_dir = tmp / f"{recipe}-{time.monotonic_ns()}"
     wall = run([sys.executable, "train.py", f"experiment={recipe}", *n_tasks_override(recipe, tasks), "logger=[]",

@@ -10,7 +10,7 @@ on CPU, seed 0):
 
 Each run is `python train.py experiment=<recipe> seed=<s>` in a fresh process, one after the other; its run dir is
 kept under `--out`, and a run whose results.json is complete is not run again (a long benchmark can be continued).
-Ours: mean ± 95 % CI over the seeds (Student's t, as `python -m cl.report`).
+Ours: mean ± 95 % CI over the seeds (Student's t, as `python -m cl.outputs.report`).
 
     python bench/parity.py [--seeds 0 1 2] [--only <recipe> ...] [--out outputs/bench_parity]
                            [--data-dir ../shared/data]
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.report import mean_ci  # noqa: E402
-from cl.results import read_results  # noqa: E402
+from cl.outputs.report import mean_ci  # noqa: E402
+from cl.outputs.results import read_results  # noqa: E402
 
 SOURCE = "../shared/reference/official_runs.md"
 # recipe, the overrides that make it the official command measured there, the official figures (ACC as a fraction,

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import publish  # noqa: E402
-from cl.approaches.sgd import SGD  # noqa: E402
-from cl.models import MLP, TaskNetwork  # noqa: E402
-from cl.progress import TaskProgressBar  # noqa: E402
-from cl.task_data import DeviceStream  # noqa: E402
+from cl.approaches.baselines.sgd import SGD  # noqa: E402
+from cl.models.mlp import MLP
+from cl.models.network import TaskNetwork  # noqa: E402
+from cl.callbacks.progress import TaskProgressBar  # noqa: E402
+from data.device_stream import DeviceStream  # noqa: E402
 from data.streams import split_mnist  # noqa: E402
 from data.tensor_loader import TaskBatches  # noqa: E402
 

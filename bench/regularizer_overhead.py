@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.task_data import DeviceStream  # noqa: E402
-from cl.timing import TaskTimer  # noqa: E402
+from data.device_stream import DeviceStream  # noqa: E402
+from cl.callbacks.timing import TaskTimer  # noqa: E402
 from data.streams import split_mnist  # noqa: E402
 from data.tensor_loader import TaskBatches  # noqa: E402
 from tests.conftest import compose_config, run_pipeline  # noqa: E402

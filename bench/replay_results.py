@@ -11,7 +11,7 @@ Settings: each approach's from GEM's `run_experiments.sh` (permutations / rotati
 from BCL's `scripts/run.sh`. BCL gives no settings for its baselines: er, agem and gem run there with BCL-Dual's lr
 (0.03) and memory (256 per task), A-GEM with a reference batch of 256, GEM with its margin 0.5. `independent` is GEM's
 sizing (hidden width 100/20 per task, no fine-tuning from the previous task). A complete run of the same config in
---out is reused. Each protocol's table is cl.report's over its run dirs: mean ± 95 % CI over the seeds of
+--out is reused. Each protocol's table is cl.outputs.report's over its run dirs: mean ± 95 % CI over the seeds of
 results.json's metrics (BWT and FWT as the GEM paper: ÷(T−1); FWT against the random-initialization row) and
 `time_s.total`."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare import run  # noqa: E402
 from bench.report import publish  # noqa: E402
-from cl.report import collect, markdown_tables, summarize  # noqa: E402
+from cl.outputs.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.errors import TrainingError  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
@@ -92,7 +92,7 @@ def main():
         sections.append(f"**{protocol}**\n\n" + "\n".join(table + stopped))
     publish(parser, args, "replay_results", f"""## The GEM and BCL protocols on real MNIST
 
-{args.seeds} seeds (seed 0-{args.seeds - 1}); each table is `python -m cl.report`'s over the protocol's runs (mean ±
+{args.seeds} seeds (seed 0-{args.seeds - 1}); each table is `python -m cl.outputs.report`'s over the protocol's runs (mean ±
 95 % CI over seeds; `single` runs as approach sgd). The settings of each row are in `bench/replay_results.py`;
 wall-clock = `time_s.total` (CPU, evaluation of every test set after every task included).
 

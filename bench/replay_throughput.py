@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.pipeline import build  # noqa: E402
-from cl.task_data import DeviceStream  # noqa: E402
+from cl.run.supervised import build  # noqa: E402
+from data.device_stream import DeviceStream  # noqa: E402
 from tests.conftest import SHARED_DATA, compose_config, run_pipeline  # noqa: E402
 
 BATCH, MEMORIES, REPLAY = 10, 256, 10

@@ -4,7 +4,7 @@ space_invaders → asterix, the recipe's steps per game), over seeds, two runs a
     python bench/rl_demo.py [--seeds 3] [--jobs 2] [--out outputs/bench_rl_demo]
 
 Each run is `python train.py experiment=rl_minatar_<approach> seed=<s>` as a user runs it; a complete run already in
---out is reused. Reported: cl.report's table over the runs (normalized ACC, BWT, FWT, forgetting, LA as mean ± 95 %
+--out is reused. Reported: cl.outputs.report's table over the runs (normalized ACC, BWT, FWT, forgetting, LA as mean ± 95 %
 CI over seeds; returns ÷ each game's return after its own training; BWT ÷ (T−1)), the final raw returns, the
 normalized return matrix averaged over seeds, and seed 0's returns.png and GIF matrix, copied to
 docs/figures/rl_demo/ by the canonical run."""
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.report import collect, markdown_tables, summarize  # noqa: E402
-from cl.results import read_results  # noqa: E402
+from cl.outputs.report import collect, markdown_tables, summarize  # noqa: E402
+from cl.outputs.results import read_results  # noqa: E402
 
 RECIPES = {"blip": "rl_minatar_blip", "online_ewc": "rl_minatar_ewc", "finetune": "rl_minatar_ft",
            "ft_fix": "rl_minatar_ftfix"}
@@ -81,7 +81,7 @@ def main():
     written = publish(p, args, "rl_demo", f"""## Continual RL on MinAtar: BLIP, online EWC, fine-tuning, FT-fix
 
 {' → '.join(names)}, {steps:,} environment steps per game, PPO (conf/ppo/minatar.yaml), {args.seeds} seeds
-(0–{args.seeds - 1}); the table is `python -m cl.report {out.name}`'s (mean ± 95 % CI over seeds). Normalized return = greedy return (10 games) ÷ the game's return right after
+(0–{args.seeds - 1}); the table is `python -m cl.outputs.report {out.name}`'s (mean ± 95 % CI over seeds). Normalized return = greedy return (10 games) ÷ the game's return right after
 its own training, so ACC is the mean final normalized return and BWT = mean(final − just-trained) over the first
 T−1 games (0 = nothing forgotten, −1 = everything). The runs went two at a time beside other work: their
 wall-clock is no speed measurement (bench/rl_throughput.py measures speed).

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import publish  # noqa: E402
-from cl.checkpointing import StopRequests  # noqa: E402
+from cl.run.checkpointing import StopRequests  # noqa: E402
 from rl.loop import RLLoop  # noqa: E402
 from rl.ppo import train_game  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402

@@ -39,7 +39,7 @@ def first_cl_error(e: BaseException | None) -> CLError | None:
 
 
 class RunInterrupted(Exception):
-    """SIGINT/SIGTERM stopped the run after it saved what it needs to resume (cl/checkpointing.py); not a
+    """SIGINT/SIGTERM stopped the run after it saved what it needs to resume (cl/run/checkpointing.py); not a
     failure: train.py prints how to resume and exits with the shell's code for the signal."""
 
     def __init__(self, signum: int, where: str):

@@ -1,6 +1,6 @@
 """The continual-RL approaches: what happens around PPO's optimizer steps and at the end of each game. They reuse
 the supervised side's pieces: BLIP's quantizer and Fisher scale (cl/blip), the exact per-sample Fisher
-(cl/per_sample.py) and the folded quadratic penalty of the regularizers (cl/approaches/regularizer.py).
+(cl/stats/per_sample.py) and the folded quadratic penalty of the regularizers (cl/approaches/regularization/regularizer.py).
 
 - finetune: plain PPO on every game (the trunk is shared, each game has its own heads).
 - ft_fix: the trunk trains on the first game only, then stays as it is; later games train their heads.
@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cl.approaches.regularizer import FoldedQuadratic, QuadraticTerms
-from cl.blip.fisher import official_scale_fisher
+from cl.approaches.regularization.regularizer import FoldedQuadratic, QuadraticTerms
+from cl.stats.fisher import official_scale_fisher
 from cl.blip.quant import QuantSettings, TrunkQuantizer, quantized_layers
 from cl.errors import ConfigError
 from cl.models.network import layer_labels
-from cl.per_sample import gradient_statistics, sampled_label_nll
+from cl.stats.per_sample import gradient_statistics, sampled_label_nll
 from rl.network import ActorCritic
 
 

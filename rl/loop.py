@@ -1,4 +1,4 @@
-"""The continual-RL task loop, the counterpart of cl/pipeline.py: for each game of the stream, PPO on it (rl/ppo.py)
+"""The continual-RL task loop, the counterpart of cl/run/supervised.py: for each game of the stream, PPO on it (rl/ppo.py)
 with the approach's hooks, the approach's task end, then every game evaluated greedily to fill row t of the return
 matrix; checkpoint and rewrite the result files after every game, so `resume=true` continues from the last
 finished one and gives the same numbers as an uninterrupted run (every game re-seeds torch and its environments
@@ -24,19 +24,19 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm import tqdm
 
-from cl.checkpointing import (LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint,
+from cl.run.checkpointing import (LOG_POSITIONS, StopRequests, continue_logs, log_positions, task_checkpoint,
                               write_checkpoint)
 from cl.errors import ConfigError, RunInterrupted
-from cl.loggers import log_run_to_wandb
-from cl.pipeline import ContinualRun, config_dict, instantiate_all, task_seed
-from cl.progress import duration
-from cl.run_dir import to_run_log
-from cl.results import atomic_write, build_results
+from cl.outputs.loggers import log_run_to_wandb
+from cl.run.skeleton import ContinualRun, config_dict, instantiate_all, task_seed
+from cl.callbacks.progress import duration
+from cl.run.run_dir import to_run_log
+from cl.outputs.results import atomic_write, build_results
 from rl.approaches import RLApproach
 from rl.envs import GameStream
 from rl.evaluate import EvalSettings, evaluate
 from rl.network import ActorCritic
-from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png
+from cl.outputs.rl_plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png
 from rl.ppo import PPOSettings, UpdateStats, train_game
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class RLLoop(ContinualRun):
 
     @rank_zero_only
     def log_end(self):
-        """W&B: as a supervised run's (cl/loggers.py), with the GIF matrix as videos."""
+        """W&B: as a supervised run's (cl/outputs/loggers.py), with the GIF matrix as videos."""
         log_run_to_wandb(self.loggers, self.results, self.run_dir, [RETURNS_PLOT, "acc_matrix.png"],
                          sorted((self.run_dir / GIF_DIR).glob("*.gif")))
 

@@ -39,7 +39,7 @@ APPROACH_NEEDS = {"icarl": ["model.head=shared"]}
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config `python train.py <overrides>` would get, with its run dir at `run_dir`."""
-    importlib.import_module("cl.sweep")  # registers the config's resolvers, as train.py's import of it does
+    importlib.import_module("cl.run.sweep")  # registers the config's resolvers, as train.py's import of it does
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir}"], return_hydra_config=True)
@@ -48,7 +48,7 @@ def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
 
 
 def run_pipeline(overrides: list[str], run_dir: Path) -> dict:
-    from cl.pipeline import run
+    from cl.run.supervised import run
 
     return run(compose_config(overrides, run_dir))
 
@@ -69,7 +69,7 @@ def fit_task(tmp_path):
     Lightning Trainer, as the pipeline trains it (shuffled batches seeded by t), outside the pipeline."""
     import pytorch_lightning as pl
 
-    from cl.pipeline import quiet_lightning
+    from cl.run.skeleton import quiet_lightning
     from data.tensor_loader import TaskBatches
 
     def fit(approach, data, t: int, epochs: int = 1, callbacks=(), validate: bool = False):

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.approaches import MAS, SGD
+from cl.approaches.regularization.mas import MAS
+from cl.approaches.baselines.sgd import SGD
 from cl.errors import ConfigError
-from cl.models import AlexNetImageNet, TaskNetwork
-from cl.task_data import DeviceStream
+from cl.models.alexnet_imagenet import AlexNetImageNet
+from cl.models.network import TaskNetwork
+from data.device_stream import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from tests.fixtures import torchvision_alexnet_shapes, write_torchvision_alexnet
 

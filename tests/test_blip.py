@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback
 from torch import nn
 
-from cl.approaches.blip import BLIP
+from cl.approaches.isolation.blip import BLIP
 from cl.blip.export import export, load
-from cl.blip.fisher import FisherSettings, estimate_fisher, sample_labels, squared_gradient_sums
+from cl.stats.fisher import FisherSettings, estimate_fisher, sample_labels, squared_gradient_sums
 from cl.blip.quant import QuantSettings, TrunkQuantizer, bit_growth, quantize, state_key
 from cl.models.network import TaskNetwork
-from cl.task_data import DeviceStream
+from data.device_stream import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from tests.conftest import compose_config, config_options, run_pipeline
 from tests.test_pipeline import CrashOnFit
@@ -318,7 +318,7 @@ def bit_histories(n_layers: int, n_tasks: int, max_bit: int = 20) -> list[dict[s
 def test_bits_png_writes_its_numbers_on_the_cells_without_warnings(n_layers, monkeypatch):
     import warnings
 
-    from cl.blip import plot
+    from cl.outputs import bits_plot as plot
 
     figures = []
     monkeypatch.setattr(plot, "figure_png", lambda fig: figures.append(fig) or b"png")

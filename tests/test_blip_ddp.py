@@ -3,7 +3,7 @@ Kept in its own light module: spawned workers import only torch and cl.blip."""
 import torch
 from torch import nn
 
-from cl.blip.fisher import FisherSettings, estimate_fisher
+from cl.stats.fisher import FisherSettings, estimate_fisher
 from cl.blip.quant import QuantSettings, TrunkQuantizer
 from tests.gloo import on_two_ranks
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cl.task_data import DeviceStream
+from data.device_stream import DeviceStream
 from data import streams
 from data.mnist import load_mnist
 from data.stream import InputTransform, Split

@@ -25,9 +25,9 @@ def _overrides(name: str) -> list[str]:
 def _matrices(run_dirs: dict[str, str]) -> dict[str, object]:
     """Each approach's accuracy matrix, a row from each task checkpoint, evaluated in this process (one of the
     ranks, or the only process), and this rank's share of the first test set's batches."""
-    from cl.distributed import rank_block
-    from cl.pipeline import build
-    from cl.task_data import DeviceStream
+    from cl.run.distributed import rank_block
+    from cl.run.supervised import build
+    from data.device_stream import DeviceStream
 
     out: dict[str, object] = {}
     for name, run_dir in run_dirs.items():

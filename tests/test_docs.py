@@ -80,11 +80,11 @@ def test_a_doc_cites_no_note_outside_the_repository(doc):
 
 
 def test_the_path_patterns_see_what_they_should():
-    text = ("`cl/report.py:12` [x](rl.md) `conf/approach/<name>.yaml` `tests/test_blip.py::test_x` "
+    text = ("`cl/outputs/report.py:12` [x](rl.md) `conf/approach/<name>.yaml` `tests/test_blip.py::test_x` "
             "`checkpoints/task_<t>.ckpt` `../shared/data/mnist` `phquang/bilevel-continual-learning data/cifar100.py` "
             "`shared/reference/blip.md` `rl_minatar_{blip,ewc}`")
     assert [m.group(1) for m in REPO_PATH.finditer(_without_other_repos(text))] == [
-        "cl/report.py:12", "conf/approach/<name>.yaml", "tests/test_blip.py::test_x"]
+        "cl/outputs/report.py:12", "conf/approach/<name>.yaml", "tests/test_blip.py::test_x"]
     assert all(_exists(m.group(1), ROOT) for m in REPO_PATH.finditer(_without_other_repos(text)))
     assert not _exists("bench/online_recipes.py", ROOT) and _exists("conf/experiment/rl_{minatar,atari6}.yaml", ROOT)
     assert [m.group(1) for m in MD_FILE.finditer("shared/reference/blip.md and docs/rl.md")] == [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cl.errors import WriteError, first_cl_error
-from cl.results import results_until, write_results
-from cl.run_dir import LOCK_FILE, hold_run_dir, release_run_dir
+from cl.outputs.results import results_until, write_results
+from cl.run.run_dir import LOCK_FILE, hold_run_dir, release_run_dir
 from tests.conftest import ROOT, SHARED_DATA, run_cli, run_pipeline
 
 TWO_TASKS = ["debug=default", "stream.tasks=[[0,1],[2,3]]", "seed=5"]
@@ -131,7 +131,7 @@ def test_a_resume_without_any_readable_checkpoint_starts_over_with_the_results_c
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped bit inside the weights: only the CRC tells
     first.write_bytes(bytes(data))
-    with caplog.at_level("INFO", logger="cl.pipeline"):
+    with caplog.at_level("INFO", logger="cl.run.supervised"):
         resumed = run_pipeline([*TWO_TASKS, "resume=true"], tmp_path)
     assert f"checkpoint {checkpoints / 'mid_task.ckpt'} cannot be read (truncated" in caplog.text
     assert f"checkpoint {first} cannot be read (its member archive/data/" in caplog.text

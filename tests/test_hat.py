@@ -10,10 +10,13 @@ import torch
 from pytorch_lightning import Callback
 from torch import nn
 
-from cl.approaches.hat import HAT, annealed_s
+from cl.approaches.isolation.hat import HAT, annealed_s
 from cl.errors import ConfigError
-from cl.models import AlexNet, MLP, ResNet, TaskNetwork
-from cl.task_data import DeviceStream
+from cl.models.alexnet import AlexNet
+from cl.models.mlp import MLP
+from cl.models.resnet import ResNet
+from cl.models.network import TaskNetwork
+from data.device_stream import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from tests.conftest import run_pipeline
 from tests.test_streams_pipeline import MODELS as TINY_MODELS

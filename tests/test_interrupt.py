@@ -208,7 +208,7 @@ def test_resume_messages(tmp_path, with_callback, caplog):
     results.update(acc_matrix=[], tasks_done=0)
     (tmp_path / "results.json").write_text(json.dumps(results))
     with_callback[:] = []
-    with caplog.at_level("INFO", logger="cl.pipeline"):
+    with caplog.at_level("INFO", logger="cl.run.supervised"):
         run_pipeline([*overrides, "resume=true"], tmp_path)
     assert "no task had finished and no mid-task checkpoint was saved, so task 1 of 3 starts over" in caplog.text
 

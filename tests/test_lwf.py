@@ -9,12 +9,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cl.approaches import SGD, LwF
-from cl.approaches.lwf import legacy_kl, soft_cross_entropy
+from cl.approaches.baselines.sgd import SGD
+from cl.approaches.regularization.lwf import LwF
+from cl.approaches.regularization.lwf import legacy_kl, soft_cross_entropy
 from cl.errors import ConfigError
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
-from cl.task_data import DeviceStream
+from data.device_stream import DeviceStream
 from tests.conftest import run_pipeline
 from tests.test_blip import gaussian_stream
 from tests.test_pipeline import CrashOnFit

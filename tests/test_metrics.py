@@ -1,7 +1,7 @@
 """The metric formulas against matrices computed by hand."""
 import pytest
 
-from cl import metrics
+from cl.outputs import metrics
 
 # R[t][j]: accuracy on task j after training task t; b: accuracy at random initialisation
 R = [[0.90, 0.20, 0.10],

@@ -9,7 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from cl.errors import ConfigError
-from cl.models import AlexNet, ResNet
+from cl.models.alexnet import AlexNet
+from cl.models.resnet import ResNet
 from tests.conftest import CONF_DIR
 
 # what BLIP's quantized-parameter mechanism (and any per-layer method) can rely on
@@ -107,7 +108,8 @@ def test_model_configs_build(model, shape, out_dim):
 def test_xavier_uniform_linear_init_draws_every_linear_layer_as_gem_and_bcl(head):
     """model.linear_init=xavier_uniform: every Linear layer, heads included, within ±√(6/(fan_in+fan_out)) with
     zero biases, spread over the range (not PyTorch's narrower ±1/√fan_in); copies made for other tasks too."""
-    from cl.models import MLP, TaskNetwork
+    from cl.models.mlp import MLP
+    from cl.models.network import TaskNetwork
     from cl.models.network import reinitialized_copy
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Every option of every shipped config has a rule (cl/options.py), every rule rejects a value outside it with one
+"""Every option of every shipped config has a rule (cl/config/options.py), every rule rejects a value outside it with one
 line naming the key, and the CLI reports a bad value before the heavy imports."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from cl.errors import ConfigError
-from cl.options import CHECKED_SECTIONS, RULES, AnyOf, Bool, Choice, ListOf, Number, Text, check_options
+from cl.config.options import CHECKED_SECTIONS, RULES, AnyOf, Bool, Choice, ListOf, Number, Text, check_options
 from tests.conftest import ROOT, compose_config, config_options
 
 GROUPS = ("stream", "model", "approach", "trainer", "callbacks", "experiment", "debug")
@@ -58,7 +58,7 @@ def selection_with(key: str) -> str:
 def test_every_shipped_value_has_a_rule_and_passes_it(selection):
     cfg = composed(selection)
     missing = sorted(k for k in checked_keys(cfg) if k not in RULES)
-    assert not missing, f"add a rule to cl/options.py for: {missing}"
+    assert not missing, f"add a rule to cl/config/options.py for: {missing}"
     check_options(cfg)
 
 

@@ -96,7 +96,7 @@ def test_epoch_lines_carry_the_lr_the_patience_and_the_tasks_eta(tmp_path, capsy
 
 
 def test_the_bar_counts_epochs_from_one():
-    from cl.progress import TaskProgressBar
+    from cl.callbacks.progress import TaskProgressBar
 
     bar, shown = TaskProgressBar(), []
     bar._train_progress_bar = SimpleNamespace(set_description=shown.append)
@@ -138,7 +138,7 @@ def test_an_optuna_search_in_a_log_has_no_plugin_lines_and_no_colour_codes(tmp_p
 
 
 def test_lightning_warns_of_nothing_the_user_cannot_act_on(tmp_path):
-    importlib.import_module("cl.pipeline")  # its filters are set at import, before this test's own
+    importlib.import_module("cl.run.supervised")  # its filters are set at import, before this test's own
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -190,7 +190,7 @@ def test_train_log_holds_the_error_of_a_failed_run_that_keeps_its_dir(tmp_path):
 
 
 def test_train_log_gets_a_bar_as_last_shown_and_the_lines_a_terminals_bar_stands_for(tmp_path, capsys):
-    from cl.run_dir import run_log, to_run_log
+    from cl.run.run_dir import run_log, to_run_log
 
     with run_log(tmp_path):
         print("\rtask 1/2 epoch 1/3:   0%|\x1b[32m |\rtask 1/2 epoch 3/3: 100%| 4/4\r\n", end="", file=sys.stderr)

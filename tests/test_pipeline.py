@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 
-from cl.metrics import all_metrics
+from cl.outputs.metrics import all_metrics
 from tests.conftest import APPROACH_NEEDS, compose_config, config_options, run_pipeline
 
 RESULT_KEYS = {"stream", "approach", "model", "seed", "task_names", "acc_matrix", "random_init_acc", "metrics",
@@ -177,7 +177,7 @@ def test_first_task_trains_with_its_own_epochs_and_batch_size(tmp_path):
                  tmp_path)
     steps = [torch.load(tmp_path / "checkpoints" / f"task_{t}.ckpt", weights_only=False)["cl_step_offset"]
              for t in (0, 1)]
-    from cl.pipeline import build
+    from cl.run.supervised import build
 
     stream, _ = build(compose_config(["approach=sgd"], tmp_path))
     n_train = [len(stream.tasks[t].train.y) for t in (0, 1)]

@@ -210,7 +210,7 @@ GEM_APPROACH = {
 GEM_MEMORY = {GEM_RING: "GEM drops the tail of a batch that straddles the ring's end and carries the write position "
                         "over from the previous task; ours keeps the task's last 256 samples"}
 PATIENCE = {
-    "lr_schedule": "cl.schedule.PatienceSchedule",  # BLIP IC/approaches/blip.py:15,71-85
+    "lr_schedule": "cl.callbacks.schedule.PatienceSchedule",  # BLIP IC/approaches/blip.py:15,71-85
     "callbacks.lr_schedule.lr_patience": 5,  # BLIP IC/approaches/blip.py:15
     "callbacks.lr_schedule.lr_factor": 3.0,  # BLIP IC/approaches/blip.py:15
     "callbacks.lr_schedule.lr_min": 1e-4,  # BLIP IC/approaches/blip.py:15
@@ -636,7 +636,7 @@ TABLE: dict[str, Recipe] = {
             "approach.thres_cosh": 50.0,  # HAT src/approaches/hat.py:106
             "approach.thres_emb": 6.0,  # HAT src/approaches/hat.py:106
             "trainer.max_epochs": 200,  # HAT src/run.py:17
-            "lr_schedule": "cl.schedule.PatienceSchedule",  # HAT src/approaches/hat.py:63-78
+            "lr_schedule": "cl.callbacks.schedule.PatienceSchedule",  # HAT src/approaches/hat.py:63-78
             "callbacks.lr_schedule.lr_patience": 5,  # HAT src/approaches/hat.py:11
             "callbacks.lr_schedule.lr_factor": 3.0,  # HAT src/approaches/hat.py:11
             "callbacks.lr_schedule.lr_min": 1e-4,  # HAT src/approaches/hat.py:11
@@ -698,7 +698,7 @@ TABLE: dict[str, Recipe] = {
             "approach.omega_samples": None,  # MASPT model_train.py:105
             "approach.accumulate": "sum",  # MASPT utils/mas_utils.py:146-149
             "trainer.max_epochs": 10,  # MASPT main.py:38
-            "lr_schedule": "cl.schedule.StepDecay",  # MASPT model_train.py:154, utils/model_utils.py:26-38
+            "lr_schedule": "cl.callbacks.schedule.StepDecay",  # MASPT model_train.py:154, utils/model_utils.py:26-38
             "callbacks.lr_schedule.step_size": 20,  # MASPT utils/model_utils.py:26
             "callbacks.lr_schedule.gamma": 0.1,  # MASPT utils/model_utils.py:31
         },

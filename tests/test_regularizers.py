@@ -12,19 +12,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl import kernels
-from cl.approaches import EWC, MAS, SGD, SI, IMMMean, IMMMode, MASLocal, OnlineEWC
-from cl.approaches import si as si_module
-from cl.approaches.ewc import FisherRegularizer
-from cl.approaches.mas_local import followed_by_relu
-from cl.approaches.regularizer import ImportanceRegularizer
+from cl.stats import kernels
+from cl.approaches.regularization.ewc import EWC
+from cl.approaches.regularization.mas import MAS
+from cl.approaches.baselines.sgd import SGD
+from cl.approaches.regularization.si import SI
+from cl.approaches.regularization.imm_mean import IMMMean
+from cl.approaches.regularization.imm_mode import IMMMode
+from cl.approaches.regularization.mas_local import MASLocal
+from cl.approaches.regularization.online_ewc import OnlineEWC
+from cl.approaches.regularization import si as si_module
+from cl.approaches.regularization.ewc import FisherRegularizer
+from cl.approaches.regularization.mas_local import followed_by_relu
+from cl.approaches.regularization.regularizer import ImportanceRegularizer
 from cl.errors import ConfigError
-from cl.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_omega, task_generator
+from cl.stats.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_omega, task_generator
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
-from cl.per_sample import sample_labels
-from cl.pipeline import quiet_lightning
-from cl.task_data import DeviceStream
+from cl.stats.per_sample import sample_labels
+from cl.run.skeleton import quiet_lightning
+from data.device_stream import DeviceStream
 from data.stream import InputTransform, Split, Stream, Task
 from data.tensor_loader import BatchSource, TaskBatches
 
@@ -302,7 +309,7 @@ def train_wide_si(fused_step: bool, steps: int = 30) -> tuple[SI, list[bool]]:
 
 
 def kernels_buildable() -> bool:
-    """Linux, torch on its libgomp, a C compiler: where cl/kernels must build (CI); elsewhere SI runs its foreach path."""
+    """Linux, torch on its libgomp, a C compiler: where cl/stats/kernels must build (CI); elsewhere SI runs its foreach path."""
     try:
         kernels.torch_openmp_runtime()
         kernels.c_compiler()
@@ -312,7 +319,7 @@ def kernels_buildable() -> bool:
 
 
 def test_si_fused_step_equals_the_foreach_passes():
-    """The C pass (cl/kernels/si_step.c: ω += lr·U², θ ← θ − lr·U) trains to the parameters, path integral and
+    """The C pass (cl/stats/kernels/si_step.c: ω += lr·U², θ ← θ − lr·U) trains to the parameters, path integral and
     importances of the foreach passes; it is built and taken wherever a C compiler is present on Linux (CI)."""
     if not kernels_buildable():
         pytest.skip("the C kernels are built on Linux with torch's libgomp and a C compiler")
@@ -338,7 +345,7 @@ def test_si_runs_the_foreach_passes_where_the_kernel_cannot_be_built(compiler, r
     monkeypatch.setattr(kernels, "_loaded", {})
     si_module._sgd_step_kernel.cache_clear()
     try:
-        with caplog.at_level(logging.INFO, logger="cl.kernels"):
+        with caplog.at_level(logging.INFO, logger="cl.stats.kernels"):
             approach, taken = train_wide_si(fused_step=True, steps=2)
         assert taken == [False, False] and approach.path_integral()[0].abs().sum() > 0
         if says_why:

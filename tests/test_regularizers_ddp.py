@@ -1,10 +1,10 @@
 """Under DDP the regularizers' task-end statistics are all-reduced: 2 gloo processes give the same Fisher, MAS Ω and
 MAS-local Ω as 1 process on the same data. Kept in its own light module: spawned workers import only torch and
-cl.importance."""
+cl.stats.importance."""
 import torch
 from torch import nn
 
-from cl.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_omega
+from cl.stats.importance import FisherOptions, fisher_diagonal, hebbian_omega, mas_omega
 from data.tensor_loader import BatchSource
 from tests.gloo import on_two_ranks
 

@@ -10,14 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.approaches import BCLDual, GEM
-from cl.approaches.agem import project_on_reference
-from cl.approaches.gem import EPS, gem_dual, project_to_cone
-from cl.approaches.icarl import herding
+from cl.approaches.replay.bcl_dual import BCLDual
+from cl.approaches.replay.gem import GEM
+from cl.approaches.replay.agem import project_on_reference
+from cl.approaches.replay.gem import EPS, gem_dual, project_to_cone
+from cl.approaches.replay.icarl import herding
 from cl.errors import ConfigError, first_cl_error
-from cl.memory import EpisodicMemory
-from cl.models import MLP, TaskNetwork
-from cl.task_data import DeviceStream
+from cl.approaches.replay.memory import EpisodicMemory
+from cl.models.mlp import MLP
+from cl.models.network import TaskNetwork
+from data.device_stream import DeviceStream
 from data.streams import digits5, permuted_mnist
 from tests.conftest import SHARED_DATA, run_pipeline
 

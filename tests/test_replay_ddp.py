@@ -1,10 +1,10 @@
 """Under DDP the online approaches average their gradients and feed every rank's memory the samples of all ranks:
 2 gloo processes hold the same memory, equal to 1 process fed the same samples in rank order. Kept in its own light
-module: spawned workers import only torch, cl.distributed and cl.memory."""
+module: spawned workers import only torch, cl.run.distributed and cl.approaches.replay.memory."""
 import torch
 
-from cl.distributed import average_gradients, gather_from_ranks, rank
-from cl.memory import EpisodicMemory
+from cl.run.distributed import average_gradients, gather_from_ranks, rank
+from cl.approaches.replay.memory import EpisodicMemory
 from data.stream import InputTransform, Split, Stream, Task
 from tests.gloo import on_two_ranks
 

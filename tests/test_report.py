@@ -1,4 +1,4 @@
-"""cl.report on synthetic results.json files with known matrices (written by the pipeline's own writer), and once on
+"""cl.outputs.report on synthetic results.json files with known matrices (written by the pipeline's own writer), and once on
 two real runs."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cl.report import (BOUNDS, acc_curves_png, capacity_png, clipped_band, collect, settings, summarize,
+from cl.outputs.report import (BOUNDS, acc_curves_png, capacity_png, clipped_band, collect, settings, summarize,
                        write_report, _groups)
-from cl.results import build_results, write_results
+from cl.outputs.results import build_results, write_results
 from tests.conftest import ROOT, compose_config, run_pipeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -89,7 +89,7 @@ def test_incomplete_and_failed_runs_are_listed_not_averaged(tmp_path):
     (sweep / "3" / "failed.txt").write_text("2026-01-01T12:03:00 error: loss is NaN\n")
     (sweep / "4").mkdir()
     (sweep / "4" / "failed.txt").write_text("2026-01-01T12:04:00 error: out of memory\n")
-    write_run(sweep / "5", seed=5, final=0.9)  # failed once, then completed by a resume: complete, as cl/sweep.py has it
+    write_run(sweep / "5", seed=5, final=0.9)  # failed once, then completed by a resume: complete, as cl/run/sweep.py has it
     (sweep / "5" / "failed.txt").write_text("2026-01-01T12:05:00 error: killed\n")
     [row] = summarize(collect(tmp_path))
     assert row["n_seeds"] == 3 and row["seeds"] == [0, 1, 5] and row["acc_mean"] == pytest.approx(90.0)
@@ -154,7 +154,7 @@ def test_plots_exist_and_are_pngs(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cl.report", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cl.outputs.report", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -186,7 +186,7 @@ def test_report_on_two_real_runs(tmp_path):
 
 # --- a group is every setting but the seed ---------------------------------------------------------------------------
 def resolved_config(overrides: list[str], run_dir) -> dict:
-    """The config a run of `python train.py <overrides>` in `run_dir` records in results.json (cl.pipeline's
+    """The config a run of `python train.py <overrides>` in `run_dir` records in results.json (cl.run.supervised's
     config_dict, without importing the pipeline)."""
     cfg = compose_config(overrides, run_dir)
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]

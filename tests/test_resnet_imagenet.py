@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cl.errors import ConfigError
-from cl.models import ResNet18ImageNet
+from cl.models.resnet_imagenet import ResNet18ImageNet
 from tests.fixtures import torchvision_resnet18_shapes, write_torchvision_resnet18
 
 

@@ -2,7 +2,7 @@
 then the printed command alone (`python train.py resume=true hydra.run.dir=<run dir>`) continues it with the run's
 own config: the same approach, stream, debug settings and loggers, the same W&B run (id, name, group, tags), and
 results.json's `config` as the run started it. An override that would change the run is refused; the allowed ones
-(cl/config_check.py RESUME_ALLOWED) pass. The first epoch after a mid-task resume shows its own duration."""
+(cl/config/checks.py RESUME_ALLOWED) pass. The first epoch after a mid-task resume shows its own duration."""
 from __future__ import annotations
 
 import json
@@ -143,7 +143,7 @@ def test_a_resume_that_would_change_the_run_is_refused(resumed):
 
 # --- the check itself, on composed configs (no training) -----------------------------------------------------------
 def saved_run(tmp_path: Path, overrides: list[str]) -> dict:
-    from cl.pipeline import config_dict
+    from cl.run.skeleton import config_dict
 
     return {"config": config_dict(compose_config(overrides, tmp_path))}
 
@@ -151,7 +151,7 @@ def saved_run(tmp_path: Path, overrides: list[str]) -> dict:
 @pytest.mark.parametrize("override", ["checkpoint_every_n_steps=5", "trainer.devices=[0]", "paths.data_dir=/elsewhere",
                                       "callbacks.progress_bar.refresh_rate=1", "stream.download=false"])
 def test_allowed_overrides_pass(override, tmp_path):
-    from cl.config_check import check_resume_config
+    from cl.config.checks import check_resume_config
 
     previous = saved_run(tmp_path, ["approach=sgd", "stream=mnist5"])
     cfg = compose_config(["approach=sgd", "stream=mnist5", "resume=true", override], tmp_path)
@@ -168,7 +168,7 @@ def test_allowed_overrides_pass(override, tmp_path):
     ("debug=default", "debug=default differs from the run"),
 ])
 def test_overrides_that_change_the_run_are_refused(override, says, tmp_path):
-    from cl.config_check import check_resume_config
+    from cl.config.checks import check_resume_config
 
     previous = saved_run(tmp_path, ["approach=sgd"])
     with pytest.raises(ConfigError, match=re.escape(says)):
@@ -177,8 +177,8 @@ def test_overrides_that_change_the_run_are_refused(override, says, tmp_path):
 
 def test_a_run_without_saved_overrides_resumes_with_its_saved_config_and_loggers(tmp_path):
     """No .hydra/ to compose from (a run started through the API): the saved values, W&B's name and group too."""
-    from cl.config_check import check_resume_config
-    from cl.pipeline import config_dict
+    from cl.config.checks import check_resume_config
+    from cl.run.skeleton import config_dict
 
     previous = saved_run(tmp_path, ["approach=si", "stream=mnist5", "logger=[csv,wandb]", "seed=2"])
     cfg = compose_config(["resume=true"], tmp_path)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.errors import ConfigError
-from cl.per_sample import sample_labels
+from cl.stats.per_sample import sample_labels
 from rl.approaches import OnlineEWC, policy_fisher
 from rl.envs import AtariGames, StepResult, gym_v4_max_frames
 from rl.evaluate import EvalSettings, play

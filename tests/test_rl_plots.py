@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cl.results import matrix_png
-from rl.plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png, write_gif
+from cl.outputs.results import matrix_png
+from cl.outputs.rl_plots import frame_to_rgb, gif_matrix, normalized_matrix_png, returns_png, write_gif
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GAMES = ["breakout", "freeway", "space_invaders"]
@@ -50,7 +50,7 @@ def test_returns_png_single_point_in_thousands():
 def test_normalized_matrix_png_with_blank_cells():
     matrix = [[0.9, None, float("nan")], [0.5, 1.2, None], [0.4, 0.8, 1.0]]
     image = _decode_png(normalized_matrix_png(matrix, GAMES, "normalized return"))
-    # cl.results.matrix_png's size for 3 tasks with labels of 14 characters (0.84 in):
+    # cl.outputs.results.matrix_png's size for 3 tasks with labels of 14 characters (0.84 in):
     # (1.6 + 0.84 + 0.7·3, 1.2 + 0.84 + 0.6·3) inches at 100 dpi
     assert image.size == (454, 384)
     _decode_png(normalized_matrix_png([[None] * 3], GAMES, "nothing finite yet"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cl.errors import ConfigError, first_cl_error
-from cl.task_data import DeviceStream
+from data.device_stream import DeviceStream
 from data import streams
 from data.cifar import cifar100_split
 from data.stream import Split, Stream, Task, part_tasks
@@ -73,7 +73,7 @@ def test_use_on_pmnist_gives_each_task_its_own_tensors(mnist_dir):
 
 
 def test_use_is_a_key_of_every_stream_and_the_pipeline_applies_it(tmp_path):
-    from cl.pipeline import build
+    from cl.run.supervised import build
 
     for stream in ("digits5", "pmnist", "rotmnist", "cifar100_split", "gem_file", "cub_split"):
         assert compose_config([f"stream={stream}", "stream.use=0.5"], tmp_path).stream.use == 0.5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl.task_data import DeviceStream
+from data.device_stream import DeviceStream
 from data.image_cache import MemmapImages, cache_key, cached_images, take_rows
 from data.stream import InputTransform, Split, Stream, Task, split_valid
 from data.tensor_loader import BatchSource, TaskBatches

@@ -76,7 +76,7 @@ def test_multirun_with_ddp_runs_each_job_once_on_its_own_ranks(tmp_path):
 @pytest.mark.parametrize("launcher,target", [("local", "BasicLauncher"), ("local_parallel", "JoblibLauncher"),
                                              ("slurm", "SlurmLauncher")])
 def test_every_launcher_composes(launcher, target, tmp_path):
-    from cl.sweep import THREADS_PER_JOB  # importing it registers n_jobs' resolver, as train.py does
+    from cl.run.sweep import THREADS_PER_JOB  # importing it registers n_jobs' resolver, as train.py does
 
     cfg = compose_config([f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith(target)
@@ -93,7 +93,7 @@ def test_a_parallel_sweep_runs_its_jobs(tmp_path):
 
 
 def test_the_validation_protocol_never_reads_a_test_split(tmp_path, monkeypatch):
-    from cl.task_data import DeviceStream
+    from data.device_stream import DeviceStream
 
     read, original = [], DeviceStream.source
     monkeypatch.setattr(DeviceStream, "source", lambda self, t, split: read.append((t, split)) or original(self, t, split))
@@ -148,8 +148,8 @@ def test_a_sweep_logs_one_wandb_run_per_job_grouped_and_tagged_with_its_files(tm
         images = {p.name.split("_")[0] for p in (files / "media" / "images").glob("*.png")}
         assert {"acc", "bits"} <= images  # the heatmap and BLIP's bits per layer
 
-    # the W&B files alone (an export) give cl.report the same table as the run dirs
-    from cl.report import collect, summarize
+    # the W&B files alone (an export) give cl.outputs.report the same table as the run dirs
+    from cl.outputs.report import collect, summarize
 
     export = tmp_path / "export"
     for i, job in enumerate(job_dirs(sweep)):

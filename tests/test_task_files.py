@@ -1,4 +1,4 @@
-"""The MAS re-implementation's run-folder files (cl/task_files.py) and its step decay (cl/schedule.py)."""
+"""The MAS re-implementation's run-folder files (cl/callbacks/task_files.py) and its step decay (cl/callbacks/schedule.py)."""
 from __future__ import annotations
 
 import csv
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cl.task_files import TaskFiles
+from cl.callbacks.task_files import TaskFiles
 from tests.conftest import run_pipeline
 
 

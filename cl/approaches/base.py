@@ -26,13 +26,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from cl.distributed import rank_block, sum_over_ranks
+from cl.run.distributed import rank_block, sum_over_ranks
 from cl.errors import TrainingError
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
 
 if TYPE_CHECKING:
-    from cl.task_data import DeviceStream
+    from data.device_stream import DeviceStream
 
 
 # Lightning sets `_current_fx_name` around every hook call (~44 times per training step); these plain attributes
@@ -132,7 +132,7 @@ class ContinualApproach(pl.LightningModule):
         self._loss_sum, self._n_batches = None, 0
 
     def restore_epoch_loss(self, loss_sum: float | None, n_batches: int) -> None:
-        """The running loss of an epoch interrupted by a mid-task checkpoint (see cl/checkpointing.py)."""
+        """The running loss of an epoch interrupted by a mid-task checkpoint (see cl/run/checkpointing.py)."""
         self._loss_sum = None if loss_sum is None else torch.tensor(loss_sum, device=self.device)
         self._n_batches = n_batches
 

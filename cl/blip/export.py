@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
-from cl.results import atomic_write, read_results
+from cl.outputs.results import atomic_write, read_results
 
 MAGIC = b"BLIPPACK1\n"
 NET_PREFIX = "net."
@@ -123,7 +123,7 @@ def export(path: Path, out: Path | None = None, heads: str = "float32") -> tuple
         raise ConfigError(f"--heads {heads!r} must be float16 or float32")
     ckpt_path, config = locate(path)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if NETWORK_KEY not in ckpt or config["approach"]["_target_"] != "cl.approaches.BLIP":
+    if NETWORK_KEY not in ckpt or config["approach"]["_target_"] != "cl.approaches.isolation.blip.BLIP":
         raise ConfigError(f"{ckpt_path} is not a BLIP checkpoint")
     state = ckpt["state_dict"]
     max_bit = config["approach"]["max_bit"]

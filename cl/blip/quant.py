@@ -33,7 +33,7 @@ BIAS_BOUND = 1.0  # biases live in (-1, 1) in every official code base
 class QuantSettings:
     """The quantization constants (reference §3.2, Q1).
 
-    F_prior: prior precision per parameter in the official 1/B² scale (see `cl.blip.fisher`); per layer it is
+    F_prior: prior precision per parameter in the official 1/B² scale (see `cl.stats.fisher`); per layer it is
       F_prior·fan (fan = fan_in, or max(fan_in, fan_out) with prior_fan="max").
     bound_scale: weights live in ±bound_scale/√fan (6: ImageClassification after the fix; 20: miniImageNet).
     init: "normal" = normal(0, 1/√fan_in) clamped to ±bound; "default" = PyTorch's init; "orthogonal" = orthogonal
