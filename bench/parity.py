@@ -1,6 +1,6 @@
 """Parity with the official codes: our recipes at the official protocols, 3 seeds each, beside the figures the
-official code gave on this kind of machine (../shared/reference/official_runs.md, the official command run unchanged
-on CPU, seed 0):
+official code gave on this kind of machine (RUNS below: the official command run unchanged on CPU, seed 0; the
+figures are recorded here, not rerun):
 
 - `experiment=bcl_dual_pmnist`: BCL's scripts/run.sh on permuted MNIST, 20 tasks × 60,000 samples (official ACC 0.929,
   4,378 s);
@@ -31,9 +31,9 @@ from bench.report import publish  # noqa: E402
 from cl.outputs.report import mean_ci  # noqa: E402
 from cl.outputs.results import read_results  # noqa: E402
 
-SOURCE = "../shared/reference/official_runs.md"
+SOURCE = "bench/parity.py"  # where the official figures are recorded (RUNS)
 # recipe, the overrides that make it the official command measured there, the official figures (ACC as a fraction,
-# forgetting, LA, wall-clock seconds; None where the file gives none) and the official command's name
+# forgetting, LA, wall-clock seconds; left out where the official run gave none) and the official command's name
 RUNS = [
     ("bcl_dual_pmnist", [], {"acc": 0.929, "forgetting": 0.034, "la": 0.961, "wall": 4378},
      "BCL scripts/run.sh, mnist_permutations.pt"),

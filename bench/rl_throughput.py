@@ -50,7 +50,7 @@ def ppo_run(recipe: str, approach: str, updates: int) -> dict:
         spent["rollout"] += stats.rollout_seconds
         spent["update"] += stats.update_seconds
 
-    loop.approach.start_task(0)
+    loop.approach.on_train_start(0)
     t0 = time.perf_counter()
     train_game(loop.agent, loop.approach, envs, 0, updates, loop.ppo, loop.device, on_update)
     spent["total"] = time.perf_counter() - t0

@@ -18,9 +18,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cl.config.options import Bool, Int, options
 from cl.errors import ConfigError, DatasetError
 from data.image_files import canonical_file, keep_first_tasks, ordered_class_groups, shuffled_order
-from data.stream import InputTransform, Stream, part_tasks
+from data.stream import STREAM_OPTIONS, InputTransform, Stream, part_tasks
 from data.streams import class_split_stream
 
 # HAT's CIFAR statistics (used by BLIP for both CIFAR-10 and CIFAR-100)
@@ -88,14 +89,15 @@ def load_cifar(data_dir: str | Path, variant: CifarVariant, allow_download: bool
     return out
 
 
+@options(**STREAM_OPTIONS, strict_alternation=Bool())
 def cifar_alt(data_dir: str, name: str = "cifar_alt", seed: int = 0, strict_alternation: bool = False,
               pc_valid: float = 0.1, download: bool = True, verify_checksums: bool = True,
               max_tasks: int | None = None) -> Stream:
     """BLIP/HAT "alternating" CIFAR-10/100: 5 CIFAR-10 tasks of 2 classes ({0,1}, {2,3}, ...) and 5 CIFAR-100
     tasks of 20 consecutive classes, in the order `shuffle(arange(10), random_state=seed)` of the official code
-    (ids 0-4 CIFAR-10, 5-9 CIFAR-100; so not strictly alternating, quirk Q9). `strict_alternation` keeps each
-    dataset's tasks in that seeded order but interleaves them C10, C100, C10, ... Global class ids: CIFAR-10
-    0-9, CIFAR-100 10-109."""
+    (ids 0-4 CIFAR-10, 5-9 CIFAR-100; so not strictly alternating: docs/streams.md, "Task orders and class
+    splits"). `strict_alternation` keeps each dataset's tasks in that seeded order but interleaves them C10, C100,
+    C10, ... Global class ids: CIFAR-10 0-9, CIFAR-100 10-109."""
     c10 = load_cifar(data_dir, CIFAR10, download, verify_checksums)
     c100 = load_cifar(data_dir, CIFAR100, download, verify_checksums)
     groups = [[2 * k, 2 * k + 1] for k in range(5)] + [list(range(10 + 20 * k, 30 + 20 * k)) for k in range(5)]
@@ -111,6 +113,7 @@ def cifar_alt(data_dir: str, name: str = "cifar_alt", seed: int = 0, strict_alte
     return keep_first_tasks(stream, max_tasks)
 
 
+@options(**STREAM_OPTIONS, relabel=Bool(), relabel_seed=Int(ge=0))
 def cifar100_split(data_dir: str, name: str = "cifar100_split", n_tasks: int = 20, relabel: bool = False,
                    relabel_seed: int = 0, n_val_tasks: int = 0, part: str = "all", seed: int = 0,
                    pc_valid: float = 0.1, normalize: bool = False, download: bool = True,

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 
+from cl.config.options import Bool, options
 from cl.errors import DatasetError
 from data.image_cache import decoded_listing
 from data.image_files import (IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, ordered_class_groups, require_dir,
                               seeded_class_groups)
-from data.stream import InputTransform, Stream
+from data.stream import STREAM_OPTIONS, InputTransform, Stream
 from data.streams import class_split_stream
 
 WHERE = "extract CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) into the data root"
@@ -46,6 +47,7 @@ def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
     return out
 
 
+@options(**STREAM_OPTIONS, shuffle_classes=Bool())
 def cub(data_dir: str, name: str = "cub_split", n_tasks: int = 20, seed: int = 0, shuffle_classes: bool = True,
         pc_valid: float = 0.1, image_size: int = 84, num_workers: int = 2, max_tasks: int | None = None,
         class_order: Sequence[int] | None = None) -> Stream:

@@ -9,10 +9,11 @@ from typing import Sequence
 
 import torch
 
+from cl.config.options import Int, ListOf, Text, options
 from cl.errors import ConfigError, DatasetError
 from data.image_cache import take_rows
 from data.image_files import keep_first_tasks
-from data.stream import InputTransform, Split, Stream, Task, split_valid
+from data.stream import STREAM_OPTIONS, InputTransform, Split, Stream, Task, split_valid
 
 # flat row lengths of the GEM files and the image shape their rows are views of (channel-major, as GEM's raw.py)
 FLAT_SHAPES = {784: (1, 28, 28), 3072: (3, 32, 32)}
@@ -67,6 +68,7 @@ def _meta_label(meta) -> str:
     return f"{meta:g}" if isinstance(meta, float) else str(meta)
 
 
+@options(**STREAM_OPTIONS, path=Text(), input_shape=ListOf(Int(ge=1), min_len=1, optional=True))
 def gem_file(path: str, name: str = "gem_file", seed: int = 0, pc_valid: float = 0.1,
              input_shape: Sequence[int] | None = None, max_tasks: int | None = None) -> Stream:
     """A stream from a GEM-format file. Each task's classes are the global labels present in its data (sorted;

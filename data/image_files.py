@@ -110,6 +110,4 @@ def keep_first_tasks(stream: Stream, max_tasks: int | None) -> Stream:
     """The first `max_tasks` tasks (all when None): GEM's --n_tasks, and short smoke runs."""
     if max_tasks is None:
         return stream
-    if max_tasks < 1:
-        raise ConfigError(f"stream.max_tasks={max_tasks} must be >= 1 or null")
     return Stream(stream.name, stream.tasks[:max_tasks], stream.input_shape)

@@ -10,7 +10,7 @@ User-provided under `<data_dir>/miniimagenet/`, in either form:
 - `train.pkl` / `test.pkl` written by BLIP's `generate_train_test_split.py` (dicts of 'images': OpenCV BGR arrays
   [H, W, 3], 'labels').
 Images are RGB by default; `bgr: true` reproduces the official loader, which feeds OpenCV's BGR channels to RGB
-statistics (quirk Q16)."""
+statistics (docs/streams.md, "Files")."""
 from __future__ import annotations
 
 import pickle
@@ -20,11 +20,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cl.errors import ConfigError, DatasetError
+from cl.config.options import Bool, Choice, Float, Int, Text, options
+from cl.errors import DatasetError
 from data.image_cache import MemmapImages, cache_key, cached_images, decoded_files
 from data.image_files import (IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, require_dir, resize_hwc,
                               seeded_class_groups)
-from data.stream import InputTransform, Stream
+from data.stream import STREAM_OPTIONS, InputTransform, Stream
 from data.streams import class_split_stream
 
 WHERE = ("unzip BLIP's MI_raw.zip (https://github.com/Yujun-Shi/BLIP, release assets) there as MI_raw/<class>/..., "
@@ -68,13 +69,13 @@ def _from_pickle(path: Path, cache_dir: Path, size: int, bgr: bool, num_workers:
     return MemmapImages(cache, num_workers=num_workers), torch.from_numpy(np.load(labels_path))
 
 
+@options(**STREAM_OPTIONS, bgr=Bool(), source=Choice(SOURCES), raw_folder=Text(), split_seed=Int(ge=0),
+         test_fraction=Float(gt=0, lt=1))
 def miniimagenet(data_dir: str, name: str = "miniimagenet20", n_tasks: int = 20, seed: int = 0,
                  pc_valid: float = 0.02, image_size: int = 84, bgr: bool = False, source: str = "auto",
                  raw_folder: str = "MI_raw", split_seed: int = 1234, test_fraction: float = 1 / 6,
                  num_workers: int = 2, max_tasks: int | None = None,
                  class_order: Sequence[int] | None = None) -> Stream:
-    if source not in SOURCES:
-        raise ConfigError(f"stream.source={source!r} is not one of {SOURCES}")
     root = require_dir(Path(data_dir) / "miniimagenet", WHERE)
     cache_dir = root / "cache"
     use_pickle = source == "pickle" or (source == "auto" and (root / "train.pkl").exists())

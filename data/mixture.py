@@ -8,8 +8,9 @@ from typing import Callable
 import torch
 
 from data import cifar, fashion, mnist, notmnist, svhn
+from cl.config.options import Bool, Float, options
 from data.image_files import gray_to_rgb32, keep_first_tasks, shuffled_order
-from data.stream import InputTransform, Split, Stream, Task, split_valid
+from data.stream import STREAM_OPTIONS, InputTransform, Split, Stream, Task, split_valid
 
 # (name, normalization mean, std) in the official dataset-id order 0..4; the grayscale statistics include the
 # 2-pixel padding, as in the official code
@@ -32,6 +33,7 @@ def _loaders(data_dir: str, download: bool, verify: bool, notmnist_test_fraction
     }
 
 
+@options(**STREAM_OPTIONS, fixed_order=Bool(), notmnist_test_fraction=Float(gt=0, lt=1))
 def mixture5(data_dir: str, name: str = "mixture5", seed: int = 0, fixed_order: bool = False,
              pc_valid: float = 0.15, download: bool = True, verify_checksums: bool = True,
              notmnist_test_fraction: float = 0.15, max_tasks: int | None = None) -> Stream:

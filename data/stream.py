@@ -11,7 +11,31 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cl.config.options import Bool, Choice, Float, Int, ListOf, Text
 from cl.errors import ConfigError
+
+PARTS = ("cl", "val", "all")  # stream.part: BCL's -val/-cl protocol
+
+# the options that several streams take, the same for each (a stream's own are on its function)
+STREAM_OPTIONS = {
+    "name": Text(),
+    "data_dir": Text(),
+    "n_tasks": Int(ge=1),
+    "n_val_tasks": Int(ge=0),
+    "part": Choice(PARTS),
+    "seed": Int(ge=0),
+    "pc_valid": Float(ge=0, lt=1),
+    "normalize": Bool(),
+    "download": Bool(),
+    "verify_checksums": Bool(),
+    "max_tasks": Int(ge=1, optional=True),
+    "class_order": ListOf(Int(ge=0), min_len=2, optional=True),
+    "image_size": Int(ge=8),
+    "num_workers": Int(ge=0),
+    "tasks": ListOf(ListOf(Int(ge=0), min_len=2), min_len=1),
+    "valid_from_train": Bool(),
+    "train_per_task": Int(ge=1, optional=True),
+}
 
 
 @dataclass
@@ -106,8 +130,6 @@ class Stream:
         held by the returned stream for its whole life (DeviceStream caches device copies by their id)."""
         if use is None:
             return self
-        if isinstance(use, bool) or not 0 < use < float("inf") or (use > 1 and use != int(use)):
-            raise ConfigError(f"stream.use={use!r} must be a fraction in (0, 1], an integer count > 1, or null")
         tasks = []
         for t, task in enumerate(self.tasks):
             n = len(task.train)
@@ -123,15 +145,12 @@ class Stream:
 
 _USE_SALT = 0x75_73_65  # "use": keeps the draws of stream.use apart from other draws seeded by (seed, t)
 
-PARTS = ("cl", "val", "all")
 
 
 def part_tasks(part: str, n_val_tasks: int, n_tasks: int) -> range:
     """The positions of the tasks that `stream.part` keeps out of a stream of `n_tasks` (BCL's -val/-cl protocol):
     `val` the first `n_val_tasks` (hyperparameter search), `cl` the others (the continual stream), `all` every
     task; so the val and cl parts of one seed never share a task."""
-    if part not in PARTS:
-        raise ConfigError(f"stream.part={part!r} is not one of {PARTS}")
     if not 0 <= n_val_tasks < n_tasks or (part == "val" and n_val_tasks == 0):
         raise ConfigError(f"stream.n_val_tasks={n_val_tasks} must be in [0, {n_tasks}) (and >= 1 for part=val)")
     return {"val": range(0, n_val_tasks), "cl": range(n_val_tasks, n_tasks), "all": range(0, n_tasks)}[part]

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cl.config.options import Bool, Choice, Float, options
 from cl.errors import ConfigError
 from data.mnist import MEAN as MNIST_MEAN, STD as MNIST_STD, load_mnist
-from data.stream import InputTransform, Split, Stream, Task, part_tasks, split_valid
+from data.stream import STREAM_OPTIONS, InputTransform, Split, Stream, Task, part_tasks, split_valid
 
 
 def _class_split(x: torch.Tensor, y: torch.Tensor, classes: Sequence[int]) -> Split:
@@ -45,6 +46,7 @@ def class_split_stream(name: str, x_train, y_train, x_test, y_test, tasks: Seque
     return Stream(name, out, tuple(input_shape))
 
 
+@options(**STREAM_OPTIONS)
 def digits5(name: str = "digits5", tasks: Sequence[Sequence[int]] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)),
             test_fraction: float = 0.25, seed: int = 0, pc_valid: float = 0.1,
             valid_from_train: bool = False) -> Stream:
@@ -69,6 +71,7 @@ def mnist_transform(normalize: bool, permutation: torch.Tensor | None = None) ->
     return InputTransform(*stats, permutation=permutation)
 
 
+@options(**STREAM_OPTIONS)
 def split_mnist(data_dir: str, name: str = "mnist5",
                 tasks: Sequence[Sequence[int]] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)), seed: int = 0,
                 pc_valid: float = 0.1, valid_from_train: bool = False, normalize: bool = True,
@@ -80,6 +83,7 @@ def split_mnist(data_dir: str, name: str = "mnist5",
                               mnist_transform(normalize), seed, pc_valid, valid_from_train)
 
 
+@options(**STREAM_OPTIONS, first_unpermuted=Bool())
 def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed: int = 0,
                    first_unpermuted: bool = False, train_per_task: int | None = None, pc_valid: float = 0.1,
                    valid_from_train: bool = False, n_val_tasks: int = 0, part: str = "all",
@@ -90,8 +94,6 @@ def permuted_mnist(data_dir: str, name: str = "pmnist", n_tasks: int = 10, seed:
     GEM trains on a random 1,000 per task. BCL's protocol: the first `n_val_tasks` of the `n_tasks` are for
     hyperparameter search (`part: val`), the others the continual stream (`part: cl`); each part's tasks are
     those of `part: all` at the same positions (same permutations and samples)."""
-    if n_tasks < 1:
-        raise ConfigError(f"stream.n_tasks={n_tasks} must be >= 1")
     keep = part_tasks(part, n_val_tasks, n_tasks)
     m = load_mnist(data_dir, download)
     g = torch.Generator().manual_seed(seed)
@@ -120,6 +122,7 @@ def rotate(images: torch.Tensor, degrees: float, mode: str = "nearest") -> torch
     return out.round().clamp_(0, 255).to(torch.uint8)
 
 
+@options(**STREAM_OPTIONS, min_angle=Float(), max_angle=Float(), interpolation=Choice(("nearest", "bilinear")))
 def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_angle: float = 0.0,
                   max_angle: float = 180.0, train_per_task: int | None = 1000, seed: int = 0, pc_valid: float = 0.1,
                   valid_from_train: bool = False, interpolation: str = "nearest", n_val_tasks: int = 0,
@@ -128,8 +131,8 @@ def rotated_mnist(data_dir: str, name: str = "rotmnist", n_tasks: int = 20, min_
     slices of [min_angle, max_angle] (seeded, unlike GEM's unseeded Python `random`). GEM trains on 1,000 samples
     per task (`train_per_task`; null = all 60,000) and tests on the full rotated test set. `n_val_tasks`/`part`:
     BCL's -val/-cl protocol as in `permuted_mnist` (tasks outside the part are drawn, not rotated)."""
-    if n_tasks < 1 or max_angle < min_angle:
-        raise ConfigError(f"stream.n_tasks={n_tasks} must be >= 1 and min_angle <= max_angle")
+    if max_angle < min_angle:
+        raise ConfigError(f"stream.min_angle={min_angle} must be <= stream.max_angle={max_angle}")
     keep = part_tasks(part, n_val_tasks, n_tasks)
     m = load_mnist(data_dir, download)
     g = torch.Generator().manual_seed(seed)

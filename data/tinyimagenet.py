@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 
+from cl.config.options import options
 from cl.errors import DatasetError
 from data.image_cache import decoded_listing
 from data.image_files import IMAGENET_MEAN, IMAGENET_STD, keep_first_tasks, require_dir, seeded_class_groups
-from data.stream import InputTransform, Stream
+from data.stream import STREAM_OPTIONS, InputTransform, Stream
 from data.streams import class_split_stream
 
 WHERE = "unzip http://cs231n.stanford.edu/tiny-imagenet-200.zip into the data root"
@@ -44,6 +45,7 @@ def _listing(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
     return {"train": (train_files, train_labels), "test": (test_files, test_labels)}
 
 
+@options(**STREAM_OPTIONS)
 def tinyimagenet(data_dir: str, name: str = "tinyimagenet4", n_tasks: int = 4, seed: int = 0, pc_valid: float = 0.1,
                  image_size: int = 64, num_workers: int = 2, max_tasks: int | None = None,
                  class_order: Sequence[int] | None = None) -> Stream:

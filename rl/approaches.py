@@ -1,6 +1,9 @@
-"""The continual-RL approaches: what happens around PPO's optimizer steps and at the end of each game. They reuse
-the supervised side's pieces: BLIP's quantizer and Fisher scale (cl/blip), the exact per-sample Fisher
-(cl/stats/per_sample.py) and the folded quadratic penalty of the regularizers (cl/approaches/regularization/regularizer.py).
+"""The continual-RL approaches: what happens around PPO's optimizer steps and at the end of each game, in hooks named
+as the supervised approaches' for the same moments (`on_train_start`, `on_before_optimizer_step`,
+`on_after_optimizer_step`, `on_train_end`, `penalty`, `approach_info`; cl/approaches/base.py). They reuse the
+supervised side's pieces: BLIP's quantizer (cl/blip), the one Fisher sampler (cl/stats/fisher.py), the folded
+quadratic penalty of the regularizers (cl/approaches/regularization/regularizer.py) and online EWC's update
+(cl/approaches/regularization/online_ewc.py).
 
 - finetune: plain PPO on every game (the trunk is shared, each game has its own heads).
 - ft_fix: the trunk trains on the first game only, then stays as it is; later games train their heads.
@@ -17,56 +20,53 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cl.approaches.regularization.online_ewc import online_update
 from cl.approaches.regularization.regularizer import FoldedQuadratic, QuadraticTerms
-from cl.stats.fisher import official_scale_fisher
-from cl.blip.quant import QuantSettings, TrunkQuantizer, quantized_layers
+from cl.config.options import Choice, Float, Int, options
+from cl.stats.fisher import FisherSampling, sample_fisher
+from cl.blip.quant import QUANT_OPTIONS, QuantSettings, TrunkQuantizer, quantized_layers
 from cl.errors import ConfigError
 from cl.models.network import layer_labels
-from cl.stats.per_sample import gradient_statistics, sampled_label_nll
 from rl.network import ActorCritic
 
 
 FISHER_ESTIMATORS = ("per_sample", "minibatch_mean")
 
 
-def policy_fisher_sums(agent: ActorCritic, t: int, obs: torch.Tensor, minibatches: int,
-                       per_sample: bool = True) -> tuple[dict[str, torch.Tensor], int, int]:
-    """Σ_i g_i² over the trunk's Linear/Conv2d parameters (names in the trunk), g_i the gradient of
-    −log π_t(a_i|s_i) with a_i sampled from the policy itself, over `minibatches` equal minibatches of the states
-    `obs` (the remainder dropped, as the official code). With `per_sample=False`, Σ_k (Σ_{i∈k} g_i)² over the
-    minibatches k instead. Returns (sums, samples, minibatch size)."""
+# each estimator as a sampling of the one Fisher sampler: (per-sample gradients, normalization)
+_POLICY_FISHERS = {"per_sample": (True, "mean"), "minibatch_mean": (False, "minibatch_mean"),
+                   "official_scale": (True, "official_scale")}
+
+
+def policy_fisher(agent: ActorCritic, t: int, obs: torch.Tensor, minibatches: int,
+                  estimator: str) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher of the trunk's Linear/Conv2d parameters (names in the trunk) for game t's policy on the
+    states `obs`: g_i is the gradient of −log π_t(a_i|s_i), a_i sampled from the policy itself, over K =
+    `minibatches` equal minibatches of B shuffled states (the remainder dropped, as the official code), N = K·B; the
+    permutation and the actions' noise come from the global RNG of the states' device, the agent's mode is left as
+    it is.
+    - per_sample: (1/N) Σ_i g_i², the textbook (per-sample) Fisher;
+    - minibatch_mean: (1/K) Σ_k ḡ_k², ḡ_k the gradient of minibatch k's mean loss −(1/B) Σ_{i∈k} log π(a_i|s_i):
+      BLIP's official online-EWC baseline (RL/rl_module/ppo_ewc.py estimate_fisher: 32 minibatches of the last
+      rollout, F += B·ḡ² per minibatch, then F /= N). For the score function ḡ_k averages out to about 1/B of the
+      per-sample Fisher;
+    - official_scale: BLIP's, (1/N) Σ_i g_i² / B², the official 1/B² scale (cl/stats/fisher.py) with B the
+      minibatch size."""
     layers = dict(quantized_layers(agent.trunk))
     size = len(obs) // minibatches
     if size < 1:
         raise ConfigError(f"the Fisher needs at least fisher_minibatches={minibatches} states in the last rollout "
                           f"(it has {len(obs)})")
-    order = torch.randperm(len(obs), device=obs.device)[:size * minibatches]
-    noise = torch.rand(len(order), device=obs.device)
-    batches = ((obs[order[i:i + size]], noise[i:i + size]) for i in range(0, len(order), size))
-    sums, count = gradient_statistics(layers, lambda x: agent.logits(x, t), batches, sampled_label_nll, "square",
-                                      per_sample=per_sample)
-    return sums, count, size
-
-
-def policy_fisher(agent: ActorCritic, t: int, obs: torch.Tensor, minibatches: int,
-                  estimator: str) -> dict[str, torch.Tensor]:
-    """The diagonal Fisher of the trunk for game t's policy on the states `obs` (see `policy_fisher_sums`), with
-    K = `minibatches` minibatches of B states, N = K·B:
-    - per_sample: (1/N) Σ_i g_i², the textbook (per-sample) Fisher;
-    - minibatch_mean: (1/K) Σ_k ḡ_k², ḡ_k the gradient of minibatch k's mean loss −(1/B) Σ_{i∈k} log π(a_i|s_i):
-      BLIP's official online-EWC baseline (RL/rl_module/ppo_ewc.py estimate_fisher: 32 minibatches of the last
-      rollout, F += B·ḡ² per minibatch, then F /= N). For the score function ḡ_k averages out to about 1/B of the
-      per-sample Fisher."""
-    per_sample = estimator == "per_sample"
-    sums, count, size = policy_fisher_sums(agent, t, obs, minibatches, per_sample=per_sample)
-    # minibatch_mean: the sums hold (B·ḡ_k)², so Σ_k ḡ_k² / K = sums / (B²·K) = sums / (B·N)
-    scale = count if per_sample else count * size
-    return {k: v / scale for k, v in sums.items()}
+    per_sample, normalize = _POLICY_FISHERS[estimator]
+    sampling = FisherSampling(size * minibatches, size, per_sample=per_sample, draws="device", training=None,
+                              normalize=normalize)
+    return sample_fisher(agent, layers, lambda x: agent.logits(x, t), obs, sampling)
 
 
 class RLApproach(nn.Module):
-    """Fine-tuning, and the hooks the others override. Its buffers (the approach's state) are checkpointed beside
-    the agent's."""
+    """Fine-tuning, and the hooks the others override, named as the supervised approaches' hooks for the same
+    moments (cl/approaches/base.py, cl/approaches/regularization/regularizer.py), with what PPO's loop hands them.
+    Its buffers (the approach's state) are checkpointed beside the agent's."""
 
     name = "finetune"
 
@@ -76,19 +76,24 @@ class RLApproach(nn.Module):
     def trainable_parameters(self, agent: ActorCritic, t: int) -> list[nn.Parameter]:
         return list(agent.parameters())
 
-    def start_task(self, t: int) -> None:
-        pass
+    def on_train_start(self, t: int) -> None:
+        """Before game t trains."""
 
-    def before_optimizer_step(self) -> None:
-        pass
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After backward, before the gradient is clipped and `optimizer` steps (online EWC's penalty gradient)."""
 
-    def after_optimizer_step(self) -> None:
-        pass
+    def on_after_optimizer_step(self) -> None:
+        """After every optimizer step (BLIP's projection)."""
 
-    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
-        """After game t, with the states of its last rollout."""
+    def on_train_end(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+        """After game t, with the states of its last rollout (the task-end consolidation)."""
 
-    def info(self) -> dict:
+    def penalty(self) -> torch.Tensor | float:
+        """The penalty's value at the current parameters (0: none)."""
+        return 0.0
+
+    def approach_info(self) -> dict:
+        """A JSON-able dict stored in results.json under approach_info."""
         return {}
 
 
@@ -107,6 +112,7 @@ class FineTuneFixed(RLApproach):
         return [*agent.actors[t].parameters(), *agent.critics[t].parameters()]
 
 
+@options(**QUANT_OPTIONS, fisher_minibatches=Int(ge=1))
 class BLIP(RLApproach):
     name = "blip"
 
@@ -123,16 +129,15 @@ class BLIP(RLApproach):
         self.quantizer.initialize()
         self.labels = layer_labels(agent.trunk)
 
-    def start_task(self, t: int) -> None:
+    def on_train_start(self, t: int) -> None:
         self.quantizer.prepare_box()
 
-    def after_optimizer_step(self) -> None:
+    def on_after_optimizer_step(self) -> None:
         self.quantizer.project_()
 
-    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+    def on_train_end(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
         """The official order: Fisher at the trained (float) weights, bit growth, re-quantization, running mean."""
-        sums, count, size = policy_fisher_sums(agent, t, states, self.fisher_minibatches)
-        self.quantizer.freeze(official_scale_fisher(sums, count, size), t)
+        self.quantizer.freeze(policy_fisher(agent, t, states, self.fisher_minibatches, "official_scale"), t)
         self.quantizer.drop_box()
         self.capacity_history = torch.cat([self.capacity_history.cpu(), torch.tensor([self.quantizer.capacity()])])
 
@@ -142,23 +147,20 @@ class BLIP(RLApproach):
             self.capacity_history = torch.zeros_like(history)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def info(self) -> dict:
+    def approach_info(self) -> dict:
         per_layer = self.quantizer.capacity_per_layer()
         return {"capacity": self.quantizer.capacity(), "capacity_per_task": self.capacity_history.tolist(),
                 "capacity_per_layer": {self.labels[k]: v for k, v in per_layer.items()}}
 
 
+@options(lamb=Float(ge=0), gamma=Float(ge=0, le=1), fisher_minibatches=Int(ge=1),
+         fisher_estimator=Choice(FISHER_ESTIMATORS))
 class OnlineEWC(RLApproach):
     name = "online_ewc"
 
     def __init__(self, lamb: float = 5000.0, gamma: float = 1.0, fisher_minibatches: int = 32,
                  fisher_estimator: str = "per_sample"):
         super().__init__()
-        if lamb < 0 or not 0 <= gamma <= 1:
-            raise ConfigError(f"rl_approach: online_ewc needs lamb >= 0 and gamma in [0, 1] (got {lamb}, {gamma})")
-        if fisher_estimator not in FISHER_ESTIMATORS:
-            raise ConfigError(f"rl_approach.fisher_estimator={fisher_estimator!r} is not one of "
-                              f"{', '.join(FISHER_ESTIMATORS)}")
         self.lamb, self.gamma, self.fisher_minibatches = lamb, gamma, fisher_minibatches
         self.fisher_estimator = fisher_estimator
         self.register_buffer("tasks_consolidated", torch.zeros((), dtype=torch.long))
@@ -170,23 +172,22 @@ class OnlineEWC(RLApproach):
         self.terms = QuadraticTerms(self.regularized)
         self.terms.add()
 
-    def start_task(self, t: int) -> None:
+    def on_train_start(self, t: int) -> None:
         self._folded = (FoldedQuadratic(list(self.regularized.values()), list(self.terms), self.lamb / 2)
                         if int(self.tasks_consolidated) else None)
 
-    def before_optimizer_step(self) -> None:
-        if self._folded is not None:
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._folded is not None:  # into p.grad: the gradient is clipped and Adam steps after
             self._folded.add_gradient()
 
-    def end_task(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
+    def on_train_end(self, agent: ActorCritic, t: int, states: torch.Tensor) -> None:
         fisher = policy_fisher(agent, t, states, self.fisher_minibatches, self.fisher_estimator)
-        term = self.terms[0]
-        with torch.no_grad():
-            for name, value in term.importance.as_dict().items():
-                value.mul_(self.gamma).add_(fisher[name])
-            term.anchor.copy_([p.detach() for p in self.regularized.values()])
+        online_update(self.terms[0], fisher, self.gamma, [p.detach() for p in self.regularized.values()])
         self.tasks_consolidated += 1
         self._folded = None
 
-    def info(self) -> dict:
-        return {"penalty": float(self._folded.value()) if self._folded is not None else 0.0}
+    def penalty(self) -> torch.Tensor | float:
+        return self._folded.value() if self._folded is not None else 0.0
+
+    def approach_info(self) -> dict:
+        return {"penalty": float(self.penalty())}

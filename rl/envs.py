@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cl.config.options import Bool, Choice, Int, ListOf, PROBABILITY, Text, options
 from cl.errors import ConfigError
 
 
@@ -41,8 +42,6 @@ def episode_frame_cap(game: str, setting: int | str) -> int:
     """`max_frames_per_episode` for one game: the number itself, or gym's NoFrameskip-v4 cap for `gym_v4`."""
     if setting == GYM_V4:
         return gym_v4_max_frames(game)
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-        raise ConfigError(f"rl_stream.max_frames_per_episode={setting!r} must be an integer >= 1 or {GYM_V4!r}")
     return setting
 
 
@@ -178,6 +177,10 @@ class MinAtarGames:
         pass
 
 
+@options(name=Text(), kind=Choice(("atari", "minatar")), games=ListOf(Text(), min_len=1), steps_per_task=Int(ge=1),
+         episodic_life=Bool(), noop_max=Int(ge=0), frame_skip=Int(ge=1), frame_stack=Int(ge=1),
+         max_frames_per_episode=Int(ge=1) | Choice((GYM_V4,)), channels=Int(ge=1, le=10),
+         sticky_action_prob=PROBABILITY, max_episode_steps=Int(ge=1))
 class GameStream:
     """The games of an RL stream, in order, and how to make vectorized copies of each. `kind` is atari or minatar;
     `settings` are passed to that kind's class."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cl.config.options import Choice, Int, options
 from cl.errors import ConfigError
 from rl.envs import GameStream
 from rl.network import ActorCritic
@@ -22,6 +23,8 @@ from rl.network import ActorCritic
 EPISODES_FROM = ("each_env", "first_to_finish")
 
 
+@options(episodes=Int(ge=1), episodes_from=Choice(("each_env", "first_to_finish")), every_updates=Int(ge=0),
+         max_steps=Int(ge=1, optional=True), gif_frames=Int(ge=0), seed=Int(ge=0))
 @dataclass
 class EvalSettings:
     """episodes: environments and finished games per evaluation (official 10);

@@ -207,7 +207,7 @@ class RLLoop(ContinualRun):
         cfg, s = self.cfg, self.ppo
         pl.seed_everything(task_seed(cfg.seed, t), verbose=False)
         envs = self.stream.make(t, s.num_envs, task_seed(cfg.seed, t), train=True)
-        self.approach.start_task(t)
+        self.approach.on_train_start(t)
         recent: collections.deque[float] = collections.deque(maxlen=10)
         spent = {"rollout": 0.0, "update": 0.0}
         offset = t * self.updates * s.batch
@@ -239,7 +239,7 @@ class RLLoop(ContinualRun):
             progress.close()
             envs.close()
         t1 = time.perf_counter()
-        self.approach.end_task(self.agent, t, rollout.obs.flatten(0, 1))
+        self.approach.on_train_end(self.agent, t, rollout.obs.flatten(0, 1))
         self.times["train"].append(t1 - t0)
         self.times["task_end"].append(time.perf_counter() - t1)
         self.times["rollout"].append(spent["rollout"])
@@ -279,7 +279,7 @@ class RLLoop(ContinualRun):
             task_names=self.names, acc_rows=normalized(self.raw_rows, diagonal),
             random_init_acc=normalized([self.random_init], diagonal)[0], time_s=self.times,
             memory={"params": sum(p.numel() for p in self.agent.parameters()), "cl_state_bytes": self.cl_state},
-            approach_info=self.approach.info(), config=config_dict(self.cfg))
+            approach_info=self.approach.approach_info(), config=config_dict(self.cfg))
         results.update(metrics=without_nan(results["metrics"]),
                        forgetting_per_task=without_nan(results["forgetting_per_task"]), return_matrix=self.raw_rows,
                        random_init_return=self.random_init, curves=self.curves,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cl.config.options import Int, options
 
+
+@options(features=Int(ge=1))
 def nature_cnn(in_channels: int, features: int = 1024) -> nn.Sequential:
     """The official BLIP RL trunk on 84×84 frames: the Nature DQN convolutions with 128 filters in the third layer
-    and a 1024-unit layer (reference blip.md §11.5)."""
+    and a 1024-unit layer (docs/rl.md)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
@@ -16,6 +19,7 @@ def nature_cnn(in_channels: int, features: int = 1024) -> nn.Sequential:
         nn.Flatten(), nn.Linear(128 * 7 * 7, features), nn.ReLU())
 
 
+@options(filters=Int(ge=1), features=Int(ge=1))
 def minatar_cnn(in_channels: int, filters: int = 16, features: int = 128) -> nn.Sequential:
     """The MinAtar paper's network on 10×10 object channels: one 3×3 convolution and a hidden layer."""
     return nn.Sequential(

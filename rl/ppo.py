@@ -11,8 +11,8 @@ official RL code, itself from ikostrikov's pytorch-a2c-ppo-acktr):
             policy loss  = −mean(min(ratio·A, clip(ratio, 1 ± clip)·A))
             value loss   = ½·mean(max((V − R)², (V_old + clip(V − V_old, ± clip) − R)²))
             loss = policy loss + value_coef · value loss − entropy_coef · entropy
-            backward → approach.before_optimizer_step (EWC's penalty gradient) → clip the gradient norm
-            → Adam step → approach.after_optimizer_step (BLIP's projection)
+            backward → approach.on_before_optimizer_step (EWC's penalty gradient) → clip the gradient norm
+            → Adam step → approach.on_after_optimizer_step (BLIP's projection)
 
 Rewards are clipped to their sign for training; `done` (a lost life or the end of a game) stops the bootstrap.
 """
@@ -25,12 +25,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cl.config.options import Bool, Float, Int, options
 from cl.errors import ConfigError
 from rl.approaches import RLApproach
 from rl.envs import AtariGames, MinAtarGames
 from rl.network import ActorCritic
 
 
+@options(lr=Float(gt=0), adam_eps=Float(gt=0), linear_lr_decay=Bool(), num_envs=Int(ge=1), num_steps=Int(ge=1),
+         epochs=Int(ge=1), minibatches=Int(ge=1), clip=Float(gt=0), clip_value_loss=Bool(), value_coef=Float(ge=0),
+         entropy_coef=Float(ge=0), gamma=Float(ge=0, le=1), gae_lambda=Float(ge=0, le=1), max_grad_norm=Float(gt=0))
 @dataclass
 class PPOSettings:
     lr: float = 2.5e-4
@@ -163,10 +167,10 @@ def train_game(agent: ActorCritic, approach: RLApproach, envs: AtariGames | MinA
 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                approach.before_optimizer_step()
+                approach.on_before_optimizer_step(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 optimizer.step()
-                approach.after_optimizer_step()
+                approach.on_after_optimizer_step()
                 with torch.no_grad():
                     sums += torch.stack([policy_loss, value_loss, entropy, ((ratio - 1) - log_ratio).mean(),
                                          ((ratio - 1).abs() > s.clip).float().mean()]).detach()

@@ -6,19 +6,24 @@ from __future__ import annotations
 import pytest
 
 from cl.errors import ConfigError, first_cl_error
-from tests.conftest import config_options, run_pipeline
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF_DIR, config_options, run_pipeline
 
 APPROACHES = config_options("approach")
-# tiny widths on the generated CIFAR fixture (32×32) or miniImageNet fixture (84×84): wiring, not accuracy
-MODELS = {
-    "mlp": ["stream=digits5", "model.trunk.hidden_sizes=[32,32]"],
-    "alexnet": ["stream=cifar_alt", "model.trunk.mul=0.125", "model.trunk.fc_sizes=[32,32]"],
-    "alexnet84": ["stream=miniimagenet20", "model.trunk.mul=0.125", "model.trunk.fc_sizes=[32,16]"],
-    "resnet18": ["stream=miniimagenet20", "model.trunk.mul=0.125"],
-    "resnet18_reduced": ["stream=cifar_alt", "model.trunk.base_width=4"],
-    "alexnet_imagenet": ["stream=cifar_alt", "model.trunk.fc_sizes=[32,32]", "model.trunk.input_size=64"],
-    "resnet18_imagenet": ["stream=cifar_alt", "model.trunk.input_size=64"],
-}
+# every model of conf/model/, at tiny widths (whichever of these knobs its trunk has) on a generated image fixture:
+# CIFAR's 32×32, or miniImageNet's 84×84 for the trunks built for it; the MLP on digits5. Wiring, not accuracy.
+TINY_TRUNK = {"hidden_sizes": "[32,32]", "mul": "0.125", "fc_sizes": "[32,16]", "input_size": "64"}
+STREAMS = {"mlp": "digits5", "alexnet84": "miniimagenet20", "resnet18": "miniimagenet20"}
+
+
+def model_overrides(model: str) -> list[str]:
+    trunk = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml").trunk
+    return [f"stream={STREAMS.get(model, 'cifar_alt')}",
+            *(f"model.trunk.{k}={v}" for k, v in TINY_TRUNK.items() if k in trunk)]
+
+
+MODELS = {m: model_overrides(m) for m in config_options("model")}
 # the combinations that must be refused, with what the line says
 REFUSED = {
     ("hat", "shared"): "needs one head per task",

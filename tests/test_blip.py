@@ -142,15 +142,6 @@ def test_init_keeps_weights_in_range(init, prior_fan):
         assert trunk.get_submodule(layer).weight.abs().max() <= state.bound
 
 
-@pytest.mark.parametrize("option,value", [("F_prior", 0.0), ("init", "uniform"), ("prior_fan", "fan_out"),
-                                          ("max_bit", 40)])
-def test_bad_settings_raise_one_line_config_errors(option, value):
-    from cl.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=option):
-        QuantSettings(**{option: value})
-
-
 # --- training through Lightning ------------------------------------------------------------------------------------
 def gaussian_stream(n_tasks: int, n: int = 256, dim: int = 10) -> Stream:
     g = torch.Generator().manual_seed(0)

@@ -115,6 +115,9 @@ def test_gradient_scale_is_one_minus_min_of_the_masks():
                              nn.Linear(4, 5), nn.ReLU())
             self.out_dim = 5
 
+        def layers_in_order(self):  # what HAT asks a trunk for (cl/models/mlp.py has the same)
+            return list(self.named_children())
+
     approach, _ = hat_on(Trunk, (2, 6, 6))
     assert [(w.input, w.repeat) for w in approach.masked_weights] == [(None, 1), (0, 4), (1, 1)]
     assert [layer.gate for layer in approach.unit_layers] == ["2", "5", "7"]

@@ -1,5 +1,6 @@
-"""Every option of every shipped config has a rule (cl/config/options.py), every rule rejects a value outside it with one
-line naming the key, and the CLI reports a bad value before the heavy imports."""
+"""Every option of every shipped config has a rule (declared with @options on what it configures, or the run's own in
+cl/config/options.py), every rule rejects a value outside it with one line naming the key as the user typed it, rules
+are scoped to the selected part, and the CLI reports a bad value before the heavy imports."""
 from __future__ import annotations
 
 import subprocess
@@ -9,10 +10,11 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from cl.errors import ConfigError
-from cl.config.options import CHECKED_SECTIONS, RULES, AnyOf, Bool, Choice, ListOf, Number, Text, check_options
+from cl.config.options import CHECKED_SECTIONS, AnyOf, Bool, Choice, ListOf, Number, Text, check_options, rules_of
 from tests.conftest import ROOT, compose_config, config_options
 
-GROUPS = ("stream", "model", "approach", "trainer", "callbacks", "experiment", "debug")
+GROUPS = ("stream", "model", "approach", "trainer", "callbacks", "experiment", "debug", "rl_approach", "rl_stream",
+          "rl_model", "ppo", "rl_eval")
 
 
 def leaves(node: DictConfig, prefix: str = ""):
@@ -48,20 +50,6 @@ def checked_keys(cfg: DictConfig) -> list[str]:
     return [k for section in CHECKED_SECTIONS if section in cfg for k in leaves(cfg[section], section + ".")]
 
 
-def selection_with(key: str) -> str:
-    """The first group option whose composed config has `key`."""
-    return next((s for s in every_selection() if key in checked_keys(composed(s))), None) or \
-        pytest.fail(f"no shipped config has {key}: drop its rule")
-
-
-@pytest.mark.parametrize("selection", every_selection())
-def test_every_shipped_value_has_a_rule_and_passes_it(selection):
-    cfg = composed(selection)
-    missing = sorted(k for k in checked_keys(cfg) if k not in RULES)
-    assert not missing, f"add a rule to cl/config/options.py for: {missing}"
-    check_options(cfg)
-
-
 def outside(rule) -> object:
     """A value that `rule` rejects."""
     if isinstance(rule, AnyOf):
@@ -82,17 +70,29 @@ def outside(rule) -> object:
     return [1, 2]  # Text
 
 
-@pytest.mark.parametrize("key", sorted(RULES))
-def test_every_rule_rejects_a_value_outside_it_with_one_line(key):
-    rule = RULES[key]
-    bad = outside(rule)
-    assert rule.problem(bad) is not None
-    cfg = composed(selection_with(key) if "." in key else "approach=sgd")  # top-level keys are in every config
-    OmegaConf.update(cfg, key, bad, merge=False)
-    with pytest.raises(ConfigError) as err:
+@pytest.mark.parametrize("selection", every_selection())
+def test_every_rule_rejects_a_value_outside_it_with_one_line(selection):
+    base = composed(selection)
+    keys = [k for k in rules_of(base) if OmegaConf.select(base, k, default="<absent>") != "<absent>"]
+    assert keys
+    for key in keys:
+        rule = rules_of(base)[key]
+        bad = outside(rule)
+        assert rule.problem(bad) is not None
+        cfg = base.copy()
+        OmegaConf.update(cfg, key, bad, merge=False)
+        with pytest.raises(ConfigError) as err:
+            check_options(cfg)
+        message = str(err.value)
+        assert message.startswith(f"{key}=") and "\n" not in message
+
+
+def test_a_rule_lives_with_its_part_and_the_message_names_the_group_typed():
+    cfg = composed("experiment=rl_minatar_ewc")
+    OmegaConf.update(cfg, "rl_approach.lamb", -1.0, merge=False)
+    with pytest.raises(ConfigError, match=r"^rl_approach\.lamb=-1\.0 is out of range"):
         check_options(cfg)
-    message = str(err.value)
-    assert message.startswith(f"{key}=") and "\n" not in message
+    assert "approach.beta" not in rules_of(composed("approach=sgd"))  # no rule for a part not selected
 
 
 @pytest.mark.parametrize("value,expected", [

@@ -6,7 +6,7 @@ key whose value differs from the official one: our value and the reason) and `be
 no config key, labelled as in docs/recipes.md). A key is a dotted config path or the name of a derived check (DERIVED).
 Composition only: nothing trains.
 
-Sources, at the commits the mirrors hold (the reference notes in ../shared/reference/ describe the same ones):
+Sources, at the commits the mirrors hold:
   BCL   phquang/bilevel-continual-learning b3bab95
   GEM   facebookresearch/GradientEpisodicMemory 34c6b8e
   BLIP  Yujun-Shi/BLIP c09814d (IC/ = ImageClassification/src/, MI/ = miniImageNetClassification/src/, RL/)
@@ -587,7 +587,7 @@ TABLE: dict[str, Recipe] = {
             "approach.F_prior": 1e-16,  # BLIP README.md:147
         },
         behaviours={"tasks run": "the code stops after task 1 (MI/utils.py:72 reads model.features, which its ResNet "
-                                 "lacks; reference Q2); ours runs all 20", **MI_BEHAVIOURS},
+                                 "lacks, bug Q2); ours runs all 20", **MI_BEHAVIOURS},
     ),
     "lwf_blip_miniimagenet": Recipe(
         "Yujun-Shi/BLIP README.md:153",
@@ -704,7 +704,7 @@ TABLE: dict[str, Recipe] = {
         },
         deviations={"model.trunk.trainable_layers": (
             ["features.8", "features.10", "classifier.1", "classifier.4"],
-            "bug M4 (reference mas_and_baselines.md §3.3): the code exempts from Ω exactly the convolutions it "
+            "bug M4: the code exempts from Ω exactly the convolutions it "
             "trains (conv1-3) and freezes conv4-5; ours trains and regularizes conv4-5 and the classifier")},
         behaviours={
             "augmentation": "RandomResizedCrop(224) + flip for training, Resize(256) + CenterCrop(224) for testing; "

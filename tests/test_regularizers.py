@@ -21,7 +21,7 @@ from cl.approaches.regularization.imm_mean import IMMMean
 from cl.approaches.regularization.imm_mode import IMMMode
 from cl.approaches.regularization.mas_local import MASLocal
 from cl.approaches.regularization.online_ewc import OnlineEWC
-from cl.approaches.regularization import si as si_module
+from cl.approaches.regularization import si_fused
 from cl.approaches.regularization.ewc import FisherRegularizer
 from cl.approaches.regularization.mas_local import followed_by_relu
 from cl.approaches.regularization.regularizer import ImportanceRegularizer
@@ -343,7 +343,7 @@ def test_si_runs_the_foreach_passes_where_the_kernel_cannot_be_built(compiler, r
     monkeypatch.setenv("CC", compiler)
     monkeypatch.setenv("CL_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "_loaded", {})
-    si_module._sgd_step_kernel.cache_clear()
+    si_fused._sgd_step_kernel.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger="cl.stats.kernels"):
             approach, taken = train_wide_si(fused_step=True, steps=2)
@@ -352,7 +352,7 @@ def test_si_runs_the_foreach_passes_where_the_kernel_cannot_be_built(compiler, r
             assert "si_step.c not used, torch ops instead: " in caplog.text and reason in caplog.text
         assert list(tmp_path.iterdir()) == []  # no partial library left behind
     finally:
-        si_module._sgd_step_kernel.cache_clear()
+        si_fused._sgd_step_kernel.cache_clear()
 
 
 # --- IMM -------------------------------------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ class SignalAfter:
     """Sends SIGINT to this process at the n-th optimizer step of the approach (mid-game)."""
 
     def __init__(self, monkeypatch, cls, n: int):
-        self.n, self.seen, self.original = n, 0, cls.after_optimizer_step
-        monkeypatch.setattr(cls, "after_optimizer_step", self.hook())
+        self.n, self.seen, self.original = n, 0, cls.on_after_optimizer_step
+        monkeypatch.setattr(cls, "on_after_optimizer_step", self.hook())
 
     def hook(self):
         def after(approach):

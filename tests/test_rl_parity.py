@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cl.config.options import check_options
 from cl.errors import ConfigError
 from cl.stats.per_sample import sample_labels
 from rl.approaches import OnlineEWC, policy_fisher
@@ -85,7 +86,7 @@ def test_online_ewc_sums_the_official_fishers_and_penalizes_half_lambda():
     expected = {k: torch.zeros_like(p) for k, p in agent.trunk.named_parameters()}
     for t in range(2):
         torch.manual_seed(11 + t)
-        ewc.end_task(agent, t, obs)
+        ewc.on_train_end(agent, t, obs)
         for name, value in fisher_by_hand(agent, t, obs, 4, seed=11 + t, per_sample=False).items():
             expected[name] += value  # γ = 1: the Fishers add up (ppo_ewc.py store_fisher_n_params)
         with torch.no_grad():
@@ -94,15 +95,18 @@ def test_online_ewc_sums_the_official_fishers_and_penalizes_half_lambda():
     importance = ewc.terms[0].importance.as_dict()
     for name in expected:
         torch.testing.assert_close(importance[name], expected[name], rtol=1e-4, atol=1e-12)
-    ewc.start_task(2)
+    ewc.on_train_start(2)
     anchor = ewc.terms[0].anchor.as_dict()
     penalty = sum((expected[n] * (p.detach() - anchor[n]).square()).sum() for n, p in agent.trunk.named_parameters())
-    assert ewc.info()["penalty"] == pytest.approx(float(5000.0 / 2 * penalty), rel=1e-4)
+    assert ewc.approach_info()["penalty"] == pytest.approx(float(5000.0 / 2 * penalty), rel=1e-4)
 
 
-def test_an_unknown_fisher_estimator_is_refused():
-    with pytest.raises(ConfigError, match="fisher_estimator"):
-        OnlineEWC(fisher_estimator="exact")
+@pytest.mark.parametrize("key,value", [("rl_approach.fisher_estimator", "exact"),
+                                       ("rl_stream.max_frames_per_episode", "gym")])
+def test_an_unknown_estimator_or_frame_cap_is_refused_before_the_run(key, value, tmp_path):
+    cfg = compose_config(["experiment=rl_atari6_ewc", f"{key}={value}"], tmp_path)
+    with pytest.raises(ConfigError, match=f"^{key}='{value}' (is not|must be)"):
+        check_options(cfg)
 
 
 def test_only_the_atari6_ewc_recipe_takes_the_official_estimator(tmp_path):
@@ -137,8 +141,6 @@ def test_the_frame_cap_ends_games_in_ale():
         assert ends == [False] * 9 + [True]
     finally:
         envs.close()
-    with pytest.raises(ConfigError, match="max_frames_per_episode"):
-        AtariGames("pong", 1, 0, max_frames_per_episode="gym")
 
 
 # --- 3. the evaluation ------------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ What a new approach overrides (all optional):
 - `forward(x, task)`: logits used for training and evaluation (e.g. `independent` swaps in its per-task trunk).
 - `predict(x, task)`: the labels evaluation scores (default: the argmax of `forward`; iCaRL: the nearest mean of
   exemplars); `accuracy(source)` shards the test batches over DDP ranks around it.
+- `on_before_optimizer_step(optimizer)` (Lightning's hook): work between backward and the step (a regularizer's
+  penalty, HAT's gradient compensation). Code that steps an optimizer by hand (manual optimization, e.g. the replay
+  approaches' `sgd_step`) runs it through `call_before_optimizer_step_hooks(optimizer)`, as Lightning would.
 - `on_after_optimizer_step()`: work after every optimizer step (e.g. BLIP's projection), kept out of the loop.
 - `approach_info()`: a JSON-able dict stored in `results.json` under `approach_info`.
 Per-parameter state that must survive checkpoints belongs in registered buffers (state_dict carries them).
@@ -26,8 +29,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from cl.config.options import Float, Int, Text, options
 from cl.run.distributed import rank_block, sum_over_ranks
 from cl.errors import TrainingError
+from cl.models.modes import evaluating
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
 
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_sum", "_n_batches"})
 
 
+@options(name=Text(), lr=Float(gt=0), momentum=Float(ge=0, lt=1), weight_decay=Float(ge=0), batch_size=Int(ge=1),
+         eval_batch_size=Int(ge=1))
 class ContinualApproach(pl.LightningModule):
     batches_per_step = 1  # mini-batches the loop hands each training_step (online approaches take chunks)
 
@@ -96,6 +103,16 @@ class ContinualApproach(pl.LightningModule):
 
     def on_after_optimizer_step(self) -> None:
         """Work after every optimizer step (e.g. BLIP's projection into the frozen bits' box)."""
+
+    def call_before_optimizer_step_hooks(self, optimizer: torch.optim.Optimizer) -> None:
+        """For code that steps `optimizer` by hand, right before `optimizer.step()` (and `on_after_optimizer_step()`
+        right after): the hooks Lightning's optimization runs between backward and the step, which a bare optimizer
+        skips: every callback's `on_before_optimizer_step`, then this module's (a regularizer's penalty)."""
+        trainer = self._trainer
+        if trainer is not None:
+            for callback in trainer.callbacks:
+                callback.on_before_optimizer_step(trainer, self, optimizer)
+        self.on_before_optimizer_step(optimizer)
 
     def trained_tasks(self) -> list[int]:
         """Tasks whose heads this task trains."""
@@ -196,12 +213,10 @@ class ContinualApproach(pl.LightningModule):
         size = self.hparams.eval_batch_size
         block = rank_block(-(-len(source.y) // size))
         share = source.part(block.start * size, block.stop * size)
-        was_training = self.training
-        self.eval()
         correct = torch.zeros((), dtype=torch.long, device=source.y.device)
-        for x, y, task in share.batches(size):
-            correct += (self.predict(x, task) == y).sum()
-        self.train(was_training)
+        with evaluating(self):
+            for x, y, task in share.batches(size):
+                correct += (self.predict(x, task) == y).sum()
         right, total = sum_over_ranks([int(correct), len(share.y)], source.y.device)
         return right / total
 

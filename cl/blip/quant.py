@@ -9,9 +9,9 @@ we keep three persistent buffers (9 bytes, constant in the number of tasks):
 - `fisher` float32: the running mean of the Fisher over the tasks so far, the prior counted as one entry.
 
 During training, the projection after each optimizer step clamps every parameter into
-[prev - bound·2^-b, prev + bound·2^-b] ∩ [-bound·(1-2^-max_bit), bound·(1-2^-max_bit)] (reference §4). The two
-limits are precomputed once per task (`prepare_box`), so the step costs one `clamp_` per tensor; that cache
-(8 bytes per parameter) is transient, dropped at task end (`drop_box`) and never checkpointed.
+[prev - bound·2^-b, prev + bound·2^-b] ∩ [-bound·(1-2^-max_bit), bound·(1-2^-max_bit)] (docs/blip.md, "What
+happens"). The two limits are precomputed once per task (`prepare_box`), so the step costs one `clamp_` per
+tensor; that cache (8 bytes per parameter) is transient, dropped at task end (`drop_box`) and never checkpointed.
 """
 from __future__ import annotations
 
@@ -21,17 +21,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cl.config.options import Choice, Float, Int
 from cl.errors import ConfigError
 
 QUANTIZED_TYPES = (nn.Linear, nn.Conv2d)
 INITS = ("normal", "default", "orthogonal")
 PRIOR_FANS = ("fan_in", "max")
+
+# BLIP's quantization knobs, the same for the supervised and the RL approach
+QUANT_OPTIONS = {"F_prior": Float(gt=0), "max_bit": Int(ge=1, le=30), "bound_scale": Float(gt=0),
+                 "init": Choice(INITS), "prior_fan": Choice(PRIOR_FANS)}
 BIAS_BOUND = 1.0  # biases live in (-1, 1) in every official code base
 
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """The quantization constants (reference §3.2, Q1).
+    """The quantization constants (docs/blip.md, "Configuration").
 
     F_prior: prior precision per parameter in the official 1/B² scale (see `cl.stats.fisher`); per layer it is
       F_prior·fan (fan = fan_in, or max(fan_in, fan_out) with prior_fan="max").
@@ -46,18 +51,6 @@ class QuantSettings:
     bound_scale: float = 6.0
     init: str = "normal"
     prior_fan: str = "fan_in"
-
-    def __post_init__(self):
-        if not self.F_prior > 0:
-            raise ConfigError(f"approach.F_prior={self.F_prior} must be > 0 (e.g. 1e-15 for MNIST)")
-        if not 1 <= self.max_bit <= 30:
-            raise ConfigError(f"approach.max_bit={self.max_bit} must be in [1, 30] (the paper uses 20)")
-        if not self.bound_scale > 0:
-            raise ConfigError(f"approach.bound_scale={self.bound_scale} must be > 0 (6 or 20 in the official code)")
-        if self.init not in INITS:
-            raise ConfigError(f"approach.init={self.init!r} is not one of {INITS}")
-        if self.prior_fan not in PRIOR_FANS:
-            raise ConfigError(f"approach.prior_fan={self.prior_fan!r} is not one of {PRIOR_FANS}")
 
 
 def layer_fan(module: nn.Module, prior_fan: str) -> int:
@@ -83,7 +76,7 @@ def grid_index(value: torch.Tensor, bits: torch.Tensor, bound: float) -> torch.T
 
 def bit_growth(fisher_mean: torch.Tensor, fisher_task: torch.Tensor, t: int) -> torch.Tensor:
     """Bits to freeze after task t (0-based): max(0, ceil(IG)), IG = ½·log2(F̄_new / F̄),
-    F̄_new = ((t+1)·F̄ + F_t)/(t+2) (reference §6)."""
+    F̄_new = ((t+1)·F̄ + F_t)/(t+2) (docs/blip.md, "What happens")."""
     new_mean = ((t + 1) * fisher_mean + fisher_task) / (t + 2)
     gain = 0.5 * torch.log2(new_mean / fisher_mean)
     return torch.ceil(gain).clamp_(min=0)
@@ -112,7 +105,8 @@ class ParamState(nn.Module):
 
     def freeze(self, param: torch.Tensor, fisher_task: torch.Tensor, t: int, max_bit: int) -> None:
         """Task end: grow the bits by the information gain, re-quantize the parameter to them (0 bits → 0) and
-        remember it as `prev`, then fold the task's Fisher into the running mean (reference §8, this order)."""
+        remember it as `prev`, then fold the task's Fisher into the running mean, in this order (docs/blip.md, "What
+        happens")."""
         grow = bit_growth(self.fisher, fisher_task, t)
         self.bits.copy_((self.bits.float() + grow).clamp_(max=max_bit).to(torch.uint8))
         param.copy_(quantize(param, self.bits, self.bound))

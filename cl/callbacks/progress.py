@@ -9,6 +9,7 @@ import time
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 
+from cl.config.options import Int, options
 from cl.run.run_dir import to_run_log
 
 
@@ -152,6 +153,7 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+@options(refresh_rate=Int(ge=0))
 def task_progress(refresh_rate: int = 10) -> ProgressBar:
     """The bar on a terminal, epoch lines otherwise."""
     return TaskProgressBar(refresh_rate=refresh_rate) if sys.stdout.isatty() else EpochLines()

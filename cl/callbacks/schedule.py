@@ -8,17 +8,15 @@ import math
 
 from pytorch_lightning import Callback
 
-from cl.errors import ConfigError
+from cl.config.options import Float, Int, options
 
 
+@options(lr_patience=Int(ge=1), lr_factor=Float(gt=1), lr_min=Float(gt=0))
 class PatienceSchedule(Callback):
     needs_validation = True  # the pipeline refuses a stream without a validation split for it
     stops_early = True  # a task may end before trainer.max_epochs (the epoch lines' ETA says ≤)
 
     def __init__(self, lr_patience: int = 5, lr_factor: float = 3.0, lr_min: float = 1e-4, monitor: str = "val/loss"):
-        if lr_patience < 1 or lr_factor <= 1 or lr_min <= 0:
-            raise ConfigError(f"schedule needs lr_patience >= 1, lr_factor > 1, lr_min > 0 "
-                              f"(got {lr_patience}, {lr_factor}, {lr_min})")
         self.lr_patience, self.lr_factor, self.lr_min, self.monitor = lr_patience, lr_factor, lr_min, monitor
         self._restored = False
 
@@ -69,13 +67,12 @@ class PatienceSchedule(Callback):
             pl_module.load_state_dict(self.best_state)
 
 
+@options(step_size=Int(ge=1), gamma=Float(gt=0, le=1))
 class StepDecay(Callback):
     """lr = the task's lr × gamma^(epoch // step_size), set at the start of every epoch of every task (the MAS codes'
     `exp_lr_scheduler`; the re-implementation: ×0.1 every 20 epochs). Stateless, so a resumed task gets the same lr."""
 
     def __init__(self, step_size: int = 20, gamma: float = 0.1):
-        if step_size < 1 or not 0 < gamma <= 1:
-            raise ConfigError(f"step decay needs step_size >= 1 and 0 < gamma <= 1 (got {step_size}, {gamma})")
         self.step_size, self.gamma = step_size, gamma
 
     def on_train_epoch_start(self, trainer, pl_module):

@@ -1,18 +1,17 @@
-"""Checks that run before any work: option types against the constructors they feed, and resume consistency."""
+"""Checks that run before any work: option values against their rules, option names against the constructors they
+feed, and resume consistency."""
 from __future__ import annotations
 
 import copy
 import difflib
 import inspect
 import itertools
-import types
-import typing
-from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from cl.config.options import check_options
 from cl.errors import ConfigError
 
 SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "rl_stream", "rl_model", "rl_approach", "ppo",
@@ -28,80 +27,39 @@ RESUME_ALLOWED = ("paths", "stream.download", "checkpoint_every_n_steps", "train
 _SIMPLE = (int, float, bool, str)
 
 
-def _type_hints(target) -> dict:
-    fn = target.__init__ if inspect.isclass(target) else target
-    try:
-        return typing.get_type_hints(fn)
-    except Exception:  # unresolvable forward references in third-party code: skip the type check
-        return {}
-
-
-def _accepts(hint, value) -> bool | None:
-    """True/False when `hint` is a simple type we can check, None when we cannot tell."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        answers = [_accepts(h, value) for h in typing.get_args(hint)]
-        if any(a is True for a in answers):
-            return True
-        return None if any(a is None for a in answers) else False
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
-        return isinstance(value, (list, tuple, ListConfig))
-    return None
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
-
-
-def _options(target) -> tuple[list[str], bool, dict]:
-    """The keyword options `target` takes, whether it also takes any others (**kwargs), and their type hints. A class
+def _options(target) -> tuple[list[str], bool]:
+    """The keyword options `target` takes and whether it also takes any others (**kwargs). A class
     whose __init__ passes **kwargs up the hierarchy (e.g. an approach to its base's optimizer options) takes the
     options of every __init__ up to the first without **kwargs."""
     chain = [target]
     if inspect.isclass(target):
         chain = [c for c in inspect.getmro(target) if "__init__" in vars(c)]
-    parameters, hints = [], {}
+    parameters = []
     for item in chain:
         sig = inspect.signature(item.__init__ if inspect.isclass(item) else item)
         parameters += [k for k, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
                        and k not in parameters]
-        hints = {**_type_hints(item), **hints}
         if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-            return parameters, False, hints
-    return parameters, True, hints
+            return parameters, False
+    return parameters, True
 
 
 def check_node(node: DictConfig, path: str, applied: tuple[str, ...] = ()):
-    """Recursively check every `_target_` node: unknown options and wrongly typed values (`applied`: options of
-    this node that are not passed to its target)."""
+    """Recursively check every `_target_` node for options its target does not take (`applied`: options of this
+    node that are not passed to its target); values are checked by their rules (cl/config/options.py)."""
     if "_target_" in node:
         try:
             target = hydra.utils.get_object(node._target_)
         except Exception as e:
             raise ConfigError(f"{path}._target_={node._target_!r} cannot be imported ({e})") from None
         if callable(target):
-            parameters, has_kwargs, hints = _options(target)
+            parameters, has_kwargs = _options(target)
             for key in node:
                 if key.startswith("_") or key in applied:
                     continue
                 if key not in parameters and not has_kwargs:
                     known = ", ".join(k for k in parameters if k not in ("self", "net", "input_shape"))
                     raise ConfigError(f"{path} has no option {key!r}; its options are: {known}")
-                value = OmegaConf.select(node, key)
-                if key in hints and not isinstance(value, DictConfig) and _accepts(hints[key], value) is False:
-                    raise ConfigError(f"{path}.{key}={value!r} has the wrong type: expected {_type_name(hints[key])}")
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
@@ -109,8 +67,9 @@ def check_node(node: DictConfig, path: str, applied: tuple[str, ...] = ()):
 
 
 def check_config(cfg: DictConfig):
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    """Every value within its rule (cl/config/options.py; train.py checked them already, a run started in-process
+    had not), and every key of a built section one that its target takes."""
+    check_options(cfg)
     for section in SECTIONS:
         node = cfg.get(section)
         if isinstance(node, DictConfig):

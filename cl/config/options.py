@@ -2,12 +2,17 @@
 imported (torch, Lightning), so that a mistyped or out-of-range value stops within a second or two with one line
 that names the key, the value and what is allowed.
 
-RULES maps a dotted key of the composed config to its rule; a key absent from the composed config (an option of an
-approach that is not selected) is skipped. Every value of every shipped config file has a rule
-(tests/test_options.py checks it): a new knob gets its line here.
+Each option's rule lives with what it configures: `@options(...)` on the class or function a config node's
+`_target_` names (an approach, a trunk, a stream, a callback), inherited by subclasses; the run's own options and
+Lightning's Trainer arguments are RUN_RULES here. rules_of reads the declarations from the source files (ast), so
+the check imports nothing heavy. A key absent from the composed config (an option of a part not selected) is
+skipped. Every value of every shipped config file has a rule (tests/test_options.py checks it): a new knob gets
+its rule on its class.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -155,22 +160,24 @@ class AnyOf(Rule):
         return f"must be {self.allowed()}"
 
 
-_PROBABILITY = Float(ge=0, lt=1)
+PROBABILITY = Float(ge=0, lt=1)
 
-# knobs of the same name and meaning in approach (supervised) and rl_approach: BLIP's quantization, the
-# regularization strength (EWC λ, SI c, MAS λ, LwF λ_o, IMM λ, HAT c) and online EWC's decay γ
-_SHARED_APPROACH_RULES: dict[str, Rule] = {
-    "F_prior": Float(gt=0),
-    "max_bit": Int(ge=1, le=30),
-    "bound_scale": Float(gt=0),
-    "init": Choice(("normal", "default", "orthogonal")),
-    "prior_fan": Choice(("fan_in", "max")),
-    "lamb": Float(ge=0),
-    "gamma": Float(ge=0, le=1),
-}
 
-RULES: dict[str, Rule] = {
-    # --- run -------------------------------------------------------------------------------------------------------
+def options(**rules: Rule):
+    """Declare the config options of a class or function that a config node builds (its `_target_`): keyword =
+    the option's key relative to that node (`**{"fisher.num_samples": Int(ge=1)}` for a nested one), value = its
+    Rule. A class inherits its bases' rules and may override them; two targets may give one key different rules.
+    The check reads these declarations from the source (rules_of), before anything heavy is imported, so the
+    arguments must be Rule expressions built from this module's names, or names bound to such expressions."""
+    def declare(target):
+        target.__options__ = rules
+        return target
+    return declare
+
+
+# the run's own options, and those of the nodes built by other packages (Lightning's Trainer); every other node's
+# rules are declared with @options on what its `_target_` names
+RUN_RULES: dict[str, Rule] = {
     "seed": Int(ge=0, lt=2**32),
     "resume": Bool(),
     "protocol": Choice(("test", "validation")),
@@ -180,7 +187,8 @@ RULES: dict[str, Rule] = {
     "first_task.max_epochs": Int(ge=1, optional=True),
     "first_task.lr": Float(gt=0, optional=True),
     "first_task.batch_size": Int(ge=1, optional=True),
-    # --- trainer (Lightning Trainer arguments) ---------------------------------------------------------------------
+    # applied by the pipeline to any built stream (cl/config/checks.py PIPELINE_STREAM_OPTIONS)
+    "stream.use": Float(gt=0, le=1) | Int(gt=1, optional=True),  # a fraction of each task's training set, or a count
     "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "auto")),
     "trainer.devices": Int(ge=1) | Choice(("auto",)) | ListOf(Int(ge=0), min_len=1),
     "trainer.num_nodes": Int(ge=1),
@@ -194,163 +202,95 @@ RULES: dict[str, Rule] = {
     "trainer.enable_model_summary": Bool(),
     "trainer.enable_checkpointing": Bool(),
     "trainer.deterministic": Bool(),
-    # --- callbacks -------------------------------------------------------------------------------------------------
-    "callbacks.progress_bar.refresh_rate": Int(ge=0),
-    "callbacks.lr_schedule.lr_patience": Int(ge=1),
-    "callbacks.lr_schedule.lr_factor": Float(gt=1),
-    "callbacks.lr_schedule.lr_min": Float(gt=0),
-    "callbacks.lr_schedule.step_size": Int(ge=1),
-    "callbacks.lr_schedule.gamma": Float(gt=0, le=1),
-    # --- model -----------------------------------------------------------------------------------------------------
-    "model.name": Text(),
-    "model.head": Choice(("multi", "shared")),
-    "model.linear_init": Choice(("pytorch", "xavier_uniform")),
-    "model.trunk.hidden_sizes": ListOf(Int(ge=1), min_len=1),
-    "model.trunk.dropout": _PROBABILITY | ListOf(_PROBABILITY, length=5),
-    "model.trunk.mul": Float(gt=0),
-    "model.trunk.fc_sizes": ListOf(Int(ge=1), length=2),
-    "model.trunk.scale_fc": Bool(),
-    "model.trunk.base_width": Int(ge=1),
-    "model.trunk.blocks": ListOf(Int(ge=1), min_len=1),
-    "model.trunk.stem_stride": Int(ge=1),
-    "model.trunk.stem_maxpool": Bool(),
-    "model.trunk.bn_affine": Bool(),
-    "model.trunk.pool": Choice(("avg", "avg4")),
-    "model.trunk.freeze_bn_after_first_task": Bool(),
-    "model.trunk.input_size": Int(ge=63, optional=True),
-    "model.trunk.pretrained": Text(optional=True),
-    "model.trunk.trainable_layers": ListOf(Text(), min_len=1, optional=True),
-    # --- continual RL (rl/) ----------------------------------------------------------------------------------------
-    "rl_stream.name": Text(),
-    "rl_stream.kind": Choice(("atari", "minatar")),
-    "rl_stream.games": ListOf(Text(), min_len=1),
-    "rl_stream.steps_per_task": Int(ge=1),
-    "rl_stream.episodic_life": Bool(),
-    "rl_stream.noop_max": Int(ge=0),
-    "rl_stream.frame_skip": Int(ge=1),
-    "rl_stream.frame_stack": Int(ge=1),
-    "rl_stream.max_frames_per_episode": Int(ge=1) | Choice(("gym_v4",)),
-    "rl_stream.channels": Int(ge=1, le=10),
-    "rl_stream.sticky_action_prob": _PROBABILITY,
-    "rl_stream.max_episode_steps": Int(ge=1),
-    "rl_model.features": Int(ge=1),
-    "rl_model.filters": Int(ge=1),
-    "rl_approach.fisher_minibatches": Int(ge=1),
-    "rl_approach.fisher_estimator": Choice(("per_sample", "minibatch_mean")),
-    "ppo.lr": Float(gt=0),
-    "ppo.adam_eps": Float(gt=0),
-    "ppo.linear_lr_decay": Bool(),
-    "ppo.num_envs": Int(ge=1),
-    "ppo.num_steps": Int(ge=1),
-    "ppo.epochs": Int(ge=1),
-    "ppo.minibatches": Int(ge=1),
-    "ppo.clip": Float(gt=0),
-    "ppo.clip_value_loss": Bool(),
-    "ppo.value_coef": Float(ge=0),
-    "ppo.entropy_coef": Float(ge=0),
-    "ppo.gamma": Float(ge=0, le=1),
-    "ppo.gae_lambda": Float(ge=0, le=1),
-    "ppo.max_grad_norm": Float(gt=0),
-    "rl_eval.episodes": Int(ge=1),
-    "rl_eval.every_updates": Int(ge=0),
-    "rl_eval.max_steps": Int(ge=1, optional=True),
-    "rl_eval.episodes_from": Choice(("each_env", "first_to_finish")),
-    "rl_eval.gif_frames": Int(ge=0),
-    "rl_eval.seed": Int(ge=0),
-    # --- stream ----------------------------------------------------------------------------------------------------
-    "stream.name": Text(),
-    "stream.data_dir": Text(),
-    "stream.path": Text(),
-    "stream.raw_folder": Text(),
-    "stream.seed": Int(ge=0),
-    "stream.tasks": ListOf(ListOf(Int(ge=0), min_len=2), min_len=1),
-    "stream.class_order": ListOf(Int(ge=0), min_len=2, optional=True),
-    "stream.n_tasks": Int(ge=1),
-    "stream.max_tasks": Int(ge=1, optional=True),
-    "stream.train_per_task": Int(ge=1, optional=True),
-    "stream.use": Float(gt=0, le=1) | Int(gt=1, optional=True),  # a fraction of each task's training set, or a count
-    "stream.pc_valid": Float(ge=0, lt=1),
-    "stream.valid_from_train": Bool(),
-    "stream.download": Bool(),
-    "stream.verify_checksums": Bool(),
-    "stream.first_unpermuted": Bool(),
-    "stream.min_angle": Float(),
-    "stream.max_angle": Float(),
-    "stream.interpolation": Choice(("nearest", "bilinear")),
-    "stream.strict_alternation": Bool(),
-    "stream.fixed_order": Bool(),
-    "stream.relabel": Bool(),
-    "stream.relabel_seed": Int(ge=0),
-    "stream.n_val_tasks": Int(ge=0),
-    "stream.part": Choice(("cl", "val", "all")),
-    "stream.normalize": Bool(),
-    "stream.notmnist_test_fraction": Float(gt=0, lt=1),
-    "stream.shuffle_classes": Bool(),
-    "stream.image_size": Int(ge=8),
-    "stream.num_workers": Int(ge=0),
-    "stream.bgr": Bool(),
-    "stream.source": Choice(("auto", "folder", "pickle")),
-    "stream.split_seed": Int(ge=0),
-    "stream.test_fraction": Float(gt=0, lt=1),
-    "stream.input_shape": ListOf(Int(ge=1), min_len=1, optional=True),
-    # --- approach: optimizer knobs shared by every approach (conf/approach/sgd.yaml) --------------------------------
-    "approach.name": Text(),
-    "approach.lr": Float(gt=0),
-    "approach.momentum": Float(ge=0, lt=1),
-    "approach.weight_decay": Float(ge=0),
-    "approach.batch_size": Int(ge=1),
-    "approach.eval_batch_size": Int(ge=1),
-    # --- approach=blip ---------------------------------------------------------------------------------------------
-    "approach.fisher.num_samples": Int(ge=1),
-    "approach.fisher.batch_size": Int(ge=1),
-    # --- approach=hat ----------------------------------------------------------------------------------------------
-    "approach.smax": Float(ge=1),
-    "approach.clipgrad": Float(gt=0),
-    "approach.thres_cosh": Float(gt=0),
-    "approach.thres_emb": Float(gt=0),
-    # --- importance regularizers: ewc, online_ewc, si, mas, mas_local, imm_mean, imm_mode (docs/regularizers.md) ---
-    "approach.fisher_merge": Choice(("none", "mean")),
-    "approach.fisher_estimator": Choice(("exact", "hat_legacy", "blip_legacy", "gem_legacy")),
-    "approach.fisher_samples": Int(ge=1, optional=True),
-    "approach.fisher_batch_size": Int(ge=1),
-    "approach.xi": Float(gt=0),
-    "approach.fused_step": Bool(),
-    "approach.norm": Choice(("l2", "l1", "vector")),
-    "approach.omega_per_sample": Bool(),
-    "approach.omega_batch_size": Int(ge=1),
-    "approach.omega_samples": Int(ge=1, optional=True),
-    "approach.accumulate": Choice(("sum", "sequence")),
-    "approach.merge_noop": Bool(),
-    # --- approach=lwf ----------------------------------------------------------------------------------------------
-    "approach.T": Float(gt=0),
-    "approach.warmup_epochs": Int(ge=0),
-    "approach.eps": Float(ge=0, lt=1),
-    "approach.variant": Choice(("paper", "gem")),
-    # --- replay approaches (er, agem, gem, bcl_dual, bcl_single) ---------------------------------------------------
-    "approach.n_memories": Int(ge=1),
-    "approach.memory_policy": Choice(("ring", "reservoir")),
-    "approach.replay_batch_size": Int(ge=1),
-    "approach.inner_steps": Int(ge=1),
-    "approach.chunk_batches": Int(ge=1),
-    "approach.seed": Int(ge=0),
-    "approach.memory_strength": Float(ge=0),
-    "approach.beta": Float(gt=0, le=1),
-    "approach.temperature": Float(gt=0),
-    "approach.adapt": Bool(),
-    "approach.adapt_lr": Float(gt=0),
-    "approach.soft_targets_train_mode": Bool(),
-    "approach.interpolate_buffers": Bool(),
-    "approach.n_val": Float(gt=0, lt=1),
-    "approach.n_meta": Int(ge=1),
-    "approach.accumulate_inner_grads": Bool(),
-    "approach.fill_with_first_sample": Bool(),
-    "approach.update_bn_on_memory": Bool(),
-    # --- approach=independent --------------------------------------------------------------------------------------
-    "approach.width_divisor": Int(ge=1, optional=True),
-    "approach.finetune": Bool(),
 }
-RULES.update({f"{group}.{key}": rule for group in ("approach", "rl_approach")
-              for key, rule in _SHARED_APPROACH_RULES.items()})
+
+_ROOT = Path(__file__).resolve().parents[2]  # the project: the packages whose sources declare rules
+
+
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module | None:
+    """The parsed source of a project module; None for a module outside the project (torch, Lightning)."""
+    parts = module.split(".")
+    for path in (_ROOT.joinpath(*parts[:-1], parts[-1] + ".py"), _ROOT.joinpath(*parts, "__init__.py")):
+        if path.is_file():
+            return ast.parse(path.read_text(), str(path))
+    return None
+
+
+def _definition(module: str, name: str) -> tuple[str, ast.AST] | None:
+    """Where a top-level `name` of `module` is defined, following `from x import name`: (module, node)."""
+    tree = _module_tree(module)
+    for node in tree.body if tree else ():
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name:
+            return module, node
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return module, node.value
+        if isinstance(node, ast.ImportFrom) and node.module and any((a.asname or a.name) == name for a in node.names):
+            original = next(a.name for a in node.names if (a.asname or a.name) == name)
+            return _definition(node.module, original)
+    return None
+
+
+class _Names(dict):
+    """The names a declaration may use: this module's rule types, then the declaring module's bindings."""
+
+    def __init__(self, module: str):
+        super().__init__({n: globals()[n] for n in ("Int", "Float", "Choice", "Bool", "Text", "ListOf",
+                                                     "PROBABILITY")})
+        self.module = module
+
+    def __missing__(self, name):
+        found = _definition(self.module, name)
+        if found is None or not isinstance(found[1], ast.expr):
+            raise NameError(f"{self.module}: @options uses {name}, which is not a rule expression")
+        return _evaluate(found[1], found[0])
+
+
+def _evaluate(expr: ast.expr, module: str):
+    return eval(compile(ast.Expression(expr), module, "eval"), {"__builtins__": {}}, _Names(module))
+
+
+@functools.lru_cache(maxsize=None)
+def declared_rules(target: str) -> dict[str, Rule]:
+    """The rules @options declares on `target` (a dotted `_target_`) and, for a class, on its bases."""
+    module, _, name = target.rpartition(".")
+    found = _definition(module, name) if module else None
+    if found is None or not isinstance(found[1], (ast.ClassDef, ast.FunctionDef)):
+        return {}
+    module, node = found
+    rules: dict[str, Rule] = {}
+    for base in reversed(node.bases if isinstance(node, ast.ClassDef) else []):
+        if isinstance(base, ast.Name):
+            rules.update(declared_rules(f"{module}.{base.id}"))
+    for decorator in node.decorator_list:
+        if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "options":
+            for keyword in decorator.keywords:
+                value = _evaluate(keyword.value, module)
+                rules.update(value if keyword.arg is None else {keyword.arg: value})
+    return rules
+
+
+def rules_of(cfg: DictConfig) -> dict[str, Rule]:
+    """Every rule that applies to the composed config `cfg`: the run's (RUN_RULES) and, for each node of the checked
+    sections that names a `_target_`, that target's, keyed by the node's path (so a message names the group the
+    user typed: `approach.lamb`, `rl_approach.lamb`)."""
+    rules = dict(RUN_RULES)
+
+    def visit(node: DictConfig, prefix: str):
+        target = node._get_node("_target_") if "_target_" in node else None
+        if target is not None and isinstance(target._value(), str):
+            rules.update({prefix + key: rule for key, rule in declared_rules(target._value()).items()})
+        for key in node:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                visit(child, f"{prefix}{key}.")
+
+    for section in CHECKED_SECTIONS:
+        node = cfg._get_node(section) if section in cfg else None
+        if isinstance(node, DictConfig) and not node._is_none():
+            visit(node, section + ".")
+    return rules
+
 
 # the config sections whose every value has a rule (logger and paths hold free-form third-party settings)
 CHECKED_SECTIONS = ("stream", "model", "approach", "trainer", "callbacks", "first_task", "rl_stream", "rl_model",
@@ -408,7 +348,7 @@ def check_data_root(cfg: DictConfig) -> None:
 def check_options(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that breaks its rule (config order, so the message is stable), for a
     selected part whose optional packages are missing, or for a data root that cannot be read (check_data_root)."""
-    for key, rule in RULES.items():
+    for key, rule in rules_of(cfg).items():
         try:
             value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
         except MissingMandatoryValue:

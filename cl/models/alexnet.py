@@ -10,6 +10,7 @@ from typing import Sequence
 
 from torch import nn
 
+from cl.config.options import Bool, Float, Int, ListOf, PROBABILITY, options
 from cl.errors import ConfigError
 
 
@@ -30,13 +31,16 @@ def _smallest_working_size() -> int:
     return next(s for s in range(1, 1000) if _map_side(s, _kernels(s)) >= 1)
 
 
+@options(mul=Float(gt=0), fc_sizes=ListOf(Int(ge=1), length=2), scale_fc=Bool(), dropout=PROBABILITY |
+         ListOf(PROBABILITY, length=5))
 class AlexNet(nn.Sequential):
     """conv(k=H//8) → conv(k=H//10) → conv(k=2), each ReLU → Dropout → MaxPool2, then 2 × (Linear → ReLU →
     Dropout). Conv widths are round(64·mul), round(128·mul), round(256·mul); FC widths are `fc_sizes`, scaled by
     `mul` only when `scale_fc` (BLIP's mixture5 net scales them, its CIFAR net does not).
 
     `dropout` lists the five rates after conv1, conv2, conv3, fc1, fc2: 0.2 everywhere in the HAT/BLIP 32×32 net and
-    in the miniImageNet baselines; BLIP's miniImageNet Q-AlexNet uses 0.2, 0.2, 0.5, 0.5, 0.5 (quirk Q6)."""
+    in the miniImageNet baselines; BLIP's miniImageNet Q-AlexNet uses 0.2, 0.2, 0.5, 0.5, 0.5 (docs/streams.md,
+    "Models")."""
 
     def __init__(self, input_shape: Sequence[int], mul: float = 1.0, fc_sizes: Sequence[int] = (2048, 2048),
                  scale_fc: bool = False, dropout: Sequence[float] = (0.2, 0.2, 0.2, 0.2, 0.2)):
@@ -66,3 +70,7 @@ class AlexNet(nn.Sequential):
             features = out_features
         super().__init__(*layers)
         self.out_dim = features
+
+    def layers_in_order(self) -> list[tuple[str, nn.Module]]:
+        """The trunk's layers in the order forward applies them (HAT finds its unit layers in these)."""
+        return list(self.named_children())

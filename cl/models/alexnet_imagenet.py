@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cl.config.options import Int, ListOf, PROBABILITY, Text, options
 from cl.errors import ConfigError
 from cl.models.imagenet import load_torchvision_state, resize_batch
 
@@ -36,6 +37,9 @@ def _conv_side(side: int) -> int:
     return side
 
 
+@options(input_size=Int(ge=63, optional=True), fc_sizes=ListOf(Int(ge=1), length=2), dropout=PROBABILITY |
+         ListOf(PROBABILITY, length=5), pretrained=Text(optional=True), trainable_layers=ListOf(Text(), min_len=1,
+         optional=True))
 class AlexNetImageNet(nn.Module):
     """`fc_sizes` and `dropout` default to torchvision's (4096, 4096; 0.5); a pretrained file must match them."""
 
@@ -88,3 +92,8 @@ class AlexNetImageNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = resize_batch(x, self.input_size)
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    def layers_in_order(self) -> list[tuple[str, nn.Module]]:
+        """The trunk's layers in the order forward applies them (HAT finds its unit layers in these)."""
+        return [*((f"features.{n}", m) for n, m in self.features.named_children()), ("avgpool", self.avgpool),
+                ("flatten", nn.Flatten()), *((f"classifier.{n}", m) for n, m in self.classifier.named_children())]

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from cl.errors import ConfigError
+from cl.config.options import Choice, Text, options
 
 HEAD_MODES = ("multi", "shared")
 # pytorch: each layer's own reset_parameters; xavier_uniform: every Linear layer (heads included) drawn from
@@ -57,14 +57,13 @@ def layer_labels(module: nn.Module) -> dict[str, str]:
     return labels
 
 
+@options(name=Text(), head=Choice(HEAD_MODES), linear_init=Choice(("pytorch", "xavier_uniform")))
 class TaskNetwork(nn.Module):
     def __init__(self, trunk: Callable[..., nn.Module], input_shape: Sequence[int], task_classes: Sequence[int],
                  head: str = "multi", n_shared_classes: int | None = None, name: str = "model",
                  linear_init: str = "pytorch"):
         super().__init__()
         self.name = name
-        if head not in HEAD_MODES:
-            raise ConfigError(f"model.head={head!r} is not one of {HEAD_MODES}; use model.head=multi or model.head=shared")
         self.linear_init = linear_init
         self.input_shape = tuple(input_shape)
         self.head_mode = head

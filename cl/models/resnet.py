@@ -4,7 +4,7 @@ Both are the same BasicBlock [2, 2, 2, 2] network; they differ in width, stem, B
 
 | config            | widths                   | stem                  | BatchNorm    | pooling                 |
 |-------------------|--------------------------|-----------------------|--------------|-------------------------|
-| resnet18 (BLIP)   | int(64·mul)·(1, 2, 4, 8) | 3×3 stride 2, no pool | affine=False | adaptive avg (avg4: Q14) |
+| resnet18 (BLIP)   | int(64·mul)·(1, 2, 4, 8) | 3×3 stride 2, no pool | affine=False | adaptive avg (or avg4)  |
 | resnet18_reduced  | 20·(1, 2, 4, 8)          | 3×3 stride 1, no pool | affine       | avg_pool 4 (GEM)        |
 | BCL's variant     | as reduced               | + max-pool 3/2        | affine       | adaptive avg            |
 
@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cl.config.options import Bool, Choice, Float, Int, ListOf, options
 from cl.errors import ConfigError
 
 POOLS = ("avg", "avg4")
@@ -48,12 +49,15 @@ class BasicBlock(nn.Module):
         return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+@options(mul=Float(gt=0), base_width=Int(ge=1), blocks=ListOf(Int(ge=1), min_len=1), stem_stride=Int(ge=1),
+         stem_maxpool=Bool(), bn_affine=Bool(), pool=Choice(POOLS), freeze_bn_after_first_task=Bool())
 class ResNet(nn.Module):
     """BasicBlock ResNet trunk. `pool='avg'` averages the whole last feature map (out_dim = last width);
     `pool='avg4'` is a fixed 4×4 average pool as in the official code (on BLIP's 6×6 miniImageNet map it keeps only
-    the top-left 4×4 window, quirk Q14; on GEM's 32×32 inputs the map is exactly 4×4).
+    the top-left 4×4 window; on GEM's 32×32 inputs the map is exactly 4×4).
 
-    `freeze_bn_after_first_task`: BatchNorm statistics are learnt on the first task only (BLIP miniImageNet, Q15).
+    `freeze_bn_after_first_task`: BatchNorm statistics are learnt on the first task only (BLIP miniImageNet;
+    docs/streams.md, "Models").
     The approach calls `start_task(t)` at each task start; from t > 0 on, BatchNorm layers stay in eval mode
     whatever `train()` is asked."""
 
@@ -63,8 +67,6 @@ class ResNet(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"model resnet needs image inputs [C, H, W]; the stream gives {tuple(input_shape)}")
-        if pool not in POOLS:
-            raise ConfigError(f"model.trunk.pool={pool!r} is not one of {POOLS}")
         channels, height, width = input_shape
         widths = [int(base_width * 2 ** i * mul) for i in range(len(blocks))]
         if min(widths) < 1:
@@ -100,6 +102,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.flatten(self.pool(self.features(x)))
+
+    def layers_in_order(self) -> list[tuple[str, nn.Module]]:
+        """The trunk's layers in the order forward applies them (HAT finds its unit layers in these)."""
+        return [(f"features.{n}", m) for n, m in self.features.named_children()]
 
     def start_task(self, task_id: int) -> None:
         self.bn_frozen = self.freeze_bn_after_first_task and task_id > 0

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cl.config.options import Int, Text, options
 from cl.errors import ConfigError
 from cl.models.imagenet import load_torchvision_state, resize_batch
 
@@ -39,6 +40,7 @@ class _Block(nn.Module):
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
+@options(input_size=Int(ge=63, optional=True), pretrained=Text(optional=True))
 class ResNet18ImageNet(nn.Module):
     def __init__(self, input_shape: Sequence[int], input_size: int | None = 224, pretrained: str | None = None):
         super().__init__()

@@ -4,23 +4,21 @@ parameters of the given modules (names as the caller gives them, e.g. relative t
 
 Samples are drawn from a generator seeded with `torch.initial_seed()` (the task's seed in the pipeline), so every
 rank and a resumed run draw the same ones whatever training consumed. Under torch.distributed every rank takes its
-share of the batches (the same batches as one process would form) and the sums are all-reduced.
+share of the batches (the same batches as one process would form) and the sums are all-reduced. The Fisher is the
+one sampler's (`cl.stats.fisher.sample_fisher`), as are the batching, the sharding and the all-reduce of MAS's Ω.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from cl.run.distributed import all_reduce_sums, rank_share
-from cl.stats.per_sample import gradient_statistics, hebbian_sums, output_norm, sampled_label_nll, true_label_mean_ce
-from data.image_cache import take_rows
+from cl.models.modes import evaluating
+from cl.stats.fisher import FisherSampling, normalized_over_ranks, rank_batches, sample_fisher, task_generator
+from cl.stats.per_sample import gradient_statistics, hebbian_sums, output_norm
 from data.tensor_loader import BatchSource
-
-LEGACY_BATCH_FACTOR = 20  # the batch size hard-coded in HAT's fisher_matrix_diag (sbatch=20), kept by BLIP's copy
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class FisherOptions:
     - hat_legacy: joansj/hat `fisher_matrix_diag`: empirical (true labels), train mode, gradients of the batch-mean
       loss over consecutive batches of `batch_size` (HAT: 20), F = Σ_batches 20·g_b² / N;
     - blip_legacy: BLIP's miniImageNet copy of it: the same with F = Σ_batches 20·g_b² / #batches (its loader's
-      batch is 32, the factor stays 20: reference Q5);
+      batch is 32, the factor stays 20; docs/regularizers.md, ewc);
     - gem_legacy: GEM/BCL `ewc.py`: F = (gradient of the mean cross-entropy over the first `samples` samples of the
       task)², one batch, train mode, true labels.
     samples: how many of the task's training samples (null: all; capped at what the task has); the legacy
@@ -48,62 +46,33 @@ def owning_modules(root: nn.Module, names) -> dict[str, nn.Module]:
             if any((f"{name}.{kind}" if name else kind) in wanted for kind, _ in m.named_parameters(recurse=False))}
 
 
-def task_generator() -> torch.Generator:
-    """The generator task-end estimates draw from: seeded with the task's seed, the same on every rank."""
-    return torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-
-
 def _rows(available: int, samples: int | None, random: bool) -> torch.Tensor:
     n = available if samples is None else min(samples, available)
     return torch.randperm(available, generator=task_generator())[:n] if random else torch.arange(n)
 
 
-def _batches(source: BatchSource, rows: torch.Tensor, batch_size: int,
-             extra: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """This rank's share of the batches of `rows` (in order), each as (inputs, the rows' `extra`)."""
-    starts = list(range(0, len(rows), batch_size))[rank_share(-(-len(rows) // batch_size))]
-    for start in starts:
-        idx = rows[start:start + batch_size].to(source.y.device)
-        yield source.transform(take_rows(source.x, idx)), None if extra is None else extra[idx]
-
-
-@contextlib.contextmanager
-def _mode(model: nn.Module, training: bool):
-    """Run with the model in train or eval mode, restored afterwards."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield
-    finally:
-        model.train(was_training)
+def _batches(source: BatchSource, rows: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, None]]:
+    """This rank's share of the batches of `rows` (in order), each as (inputs, None)."""
+    return rank_batches(source.x, rows, batch_size, transform=source.transform)
 
 
 def _mean(sums: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-    sums, count = all_reduce_sums(sums, count)
-    if count == 0:
-        raise RuntimeError("no samples to estimate importances on")
-    return {k: v.div_(count) for k, v in sums.items()}
+    return normalized_over_ranks(sums, count, lambda total: total)
 
 
 def fisher_diagonal(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Callable, source: BatchSource,
                     options: FisherOptions) -> dict[str, torch.Tensor]:
     """The diagonal Fisher of the modules' parameters on the task's training data `source` (see FisherOptions)."""
-    if options.estimator == "exact":
-        rows = _rows(len(source.y), options.samples, random=True)
-        noise = torch.rand(len(source.y), generator=task_generator()).to(source.y.device)  # a label draw per sample
-        with _mode(model, training=False):
-            sums, count = gradient_statistics(modules, logits_fn, _batches(source, rows, options.batch_size, noise),
-                                              sampled_label_nll, "square")
-        return _mean(sums, count)
-    rows = _rows(len(source.y), options.samples, random=False)
-    batch_size = len(rows) if options.estimator == "gem_legacy" else options.batch_size
-    with _mode(model, training=True):
-        sums, count = gradient_statistics(modules, logits_fn, _batches(source, rows, batch_size, source.y),
-                                          true_label_mean_ce, "square", per_sample=False)
-    sums, _ = all_reduce_sums(sums, count)
-    divisor = {"gem_legacy": 1, "hat_legacy": len(rows) / LEGACY_BATCH_FACTOR,
-               "blip_legacy": -(-len(rows) // batch_size) / LEGACY_BATCH_FACTOR}[options.estimator]
-    return {k: v.div_(divisor) for k, v in sums.items()}
+    return sample_fisher(model, modules, logits_fn, source.x, fisher_sampling(options), source.y, source.transform)
+
+
+def fisher_sampling(options: FisherOptions) -> FisherSampling:
+    """EWC's estimators as samplings of the one Fisher sampler."""
+    if options.estimator == "exact":  # random rows and label noise from the task's seed, eval mode, (1/N) Σ g_i²
+        return FisherSampling(options.samples, options.batch_size, draws="task", training=False, normalize="mean")
+    return FisherSampling(options.samples, None if options.estimator == "gem_legacy" else options.batch_size,
+                          labels="true", per_sample=False, draws=None, training=True,
+                          normalize="sum" if options.estimator == "gem_legacy" else options.estimator)
 
 
 def mas_omega(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Callable, source: BatchSource, norm: str,
@@ -111,7 +80,7 @@ def mas_omega(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Callab
     """MAS's Ω = (1/N) Σ_i |∂‖F(x_i)‖²/∂θ| (l2; l1: ‖F‖₁; vector: Σ_j |∂F_j/∂θ|) on the task's training inputs, no
     labels, eval mode; with per_sample=False the official codes' (1/N) Σ_batches |∂ Σ_{i∈batch} ‖F(x_i)‖²/∂θ|."""
     rows = _rows(len(source.y), samples, random=samples is not None)
-    with _mode(model, training=False):
+    with evaluating(model):
         sums, count = gradient_statistics(modules, logits_fn, _batches(source, rows, batch_size), output_norm(norm),
                                           "abs", per_sample=per_sample)
     return _mean(sums, count)
@@ -122,6 +91,6 @@ def hebbian_omega(model: nn.Module, modules: dict[str, nn.Module], logits_fn: Ca
     """MAS-local's Ω_ij = mean over samples and positions of |y_i·y_j| (see `cl.stats.per_sample.hebbian_sums`), eval
     mode."""
     rows = _rows(len(source.y), samples, random=samples is not None)
-    with _mode(model, training=False):
+    with evaluating(model):
         sums, positions, count = hebbian_sums(modules, logits_fn, _batches(source, rows, batch_size), fires)
     return {k: v.div_(positions[k.rpartition(".")[0]]) for k, v in _mean(sums, count).items()}

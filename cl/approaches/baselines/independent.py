@@ -5,11 +5,13 @@ about the parameters of one)."""
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
+from cl.config.options import Bool, Int, options
 from cl.errors import ConfigError
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork, reinitialized_copy
 
 
+@options(width_divisor=Int(ge=1, optional=True), finetune=Bool())
 class Independent(ContinualApproach):
     def __init__(self, net: TaskNetwork, width_divisor: int | None = None, finetune: bool = False, **optimizer):
         super().__init__(net, **optimizer)

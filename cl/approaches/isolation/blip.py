@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from cl.approaches.base import ContinualApproach
 from cl.blip.export import NETWORK_KEY
+from cl.config.options import options
 from cl.stats.fisher import FisherSettings, estimate_fisher
 from cl.outputs.bits_plot import bits_png
-from cl.blip.quant import QuantSettings, TrunkQuantizer
+from cl.blip.quant import QUANT_OPTIONS, QuantSettings, TrunkQuantizer
 from cl.models.network import TaskNetwork, layer_labels
 from cl.outputs.results import atomic_write
 from data.tensor_loader import BatchSource
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 BITS_PLOT = "bits.png"
 
 
+@options(**QUANT_OPTIONS)
 class BLIP(ContinualApproach):
     def __init__(self, net: TaskNetwork, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  batch_size: int = 64, eval_batch_size: int = 1000, name: str | None = None,
@@ -51,7 +53,7 @@ class BLIP(ContinualApproach):
     # --- task end ---------------------------------------------------------------------------------------------
     def on_train_end(self):
         """Runs after the schedule callback restored the best-validation weights: Fisher on the float weights →
-        bit growth → re-quantization → running-mean Fisher (reference §8)."""
+        bit growth → re-quantization → running-mean Fisher (docs/blip.md, "What happens")."""
         if self._fisher_source is None:
             raise RuntimeError("BLIP needs the task's training data for its Fisher: train through cl.run.supervised, "
                                "which calls train_sources() before fit")

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
+from cl.config.options import Float, options
 from cl.errors import ConfigError
-from cl.models.alexnet_imagenet import AlexNetImageNet
 from cl.models.network import TaskNetwork
-from cl.models.resnet import BasicBlock, ResNet
+from cl.models.resnet import BasicBlock
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 # modules that act on each unit (channel) separately: a unit's mask may multiply after them
@@ -76,7 +76,7 @@ def _in_features(module: nn.Module) -> int:
 
 class UnitPlan:
     """The unit layers of a trunk and the unit layers each of its weights connects, found by walking the trunk in
-    forward order (nn.Sequential trunks: MLP, AlexNet; ResNet: its stem and BasicBlocks)."""
+    forward order, as the trunk's `layers_in_order()` gives them (a ResNet's: its stem and BasicBlocks)."""
 
     def __init__(self, trunk: nn.Module):
         self.layers: list[UnitLayer] = []
@@ -85,17 +85,10 @@ class UnitPlan:
         self._current: int | None = None  # unit layer the next weight layer reads
         self._open: list[tuple[str, int | None]] = []  # weight layers whose units are not closed yet, with inputs
         self._gate = ""
-        if isinstance(trunk, ResNet):
-            self._walk((f"features.{n}", m) for n, m in trunk.features.named_children())
-        elif isinstance(trunk, AlexNetImageNet):  # features → avgpool → flatten → classifier, as its forward
-            self._walk([*((f"features.{n}", m) for n, m in trunk.features.named_children()),
-                        ("avgpool", trunk.avgpool), ("flatten", nn.Flatten()),
-                        *((f"classifier.{n}", m) for n, m in trunk.classifier.named_children())])
-        elif isinstance(trunk, nn.Sequential):
-            self._walk(trunk.named_children())
-        else:
+        if not hasattr(trunk, "layers_in_order"):  # a trunk tells its layers in forward order, or HAT cannot mask it
             raise ConfigError(f"approach=hat cannot find the units of a {type(trunk).__name__} trunk; use "
                               f"model=mlp, alexnet, alexnet84, resnet18 or resnet18_reduced")
+        self._walk(trunk.layers_in_order())
 
     def _walk(self, children: Iterable[tuple[str, nn.Module]]) -> None:
         for name, module in children:
@@ -177,6 +170,7 @@ def annealed_s(batch_idx: int, n_batches: int, smax: float) -> float:
     return 1 / smax + (smax - 1 / smax) * progress
 
 
+@options(lamb=Float(ge=0), smax=Float(ge=1), clipgrad=Float(gt=0), thres_cosh=Float(gt=0), thres_emb=Float(gt=0))
 class HAT(ContinualApproach):
     def __init__(self, net: TaskNetwork, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  batch_size: int = 64, eval_batch_size: int = 1000, name: str | None = None, lamb: float = 0.75,

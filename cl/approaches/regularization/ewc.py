@@ -1,8 +1,10 @@
-"""EWC, elastic weight consolidation (Kirkpatrick et al., PNAS 2017): while training task t the loss gets
+"""EWC, elastic weight consolidation (Kirkpatrick et al., PNAS 2017): while training task t the objective gets
 
     (λ/2) · Σ_{τ<t} Σ_i F_τ,i (θ_i − θ*_τ,i)²
 
-with θ*_τ the parameters at the end of task τ and F_τ the diagonal Fisher there (docs/regularizers.md).
+with θ*_τ the parameters at the end of task τ and F_τ the diagonal Fisher there (docs/regularizers.md). The penalty
+acts at each step, not through the loss: a step toward the anchors before a plain SGD step, else its gradient added
+to p.grad (cl/approaches/regularization/regularizer.py).
 
 fisher_merge:
 - none (offline EWC, the paper): one (F_τ, θ*_τ) term per task; the state grows linearly with the tasks.
@@ -15,10 +17,13 @@ The GEM/BCL code's penalty has no ½: its memory_strength s is λ = 2s here.
 from __future__ import annotations
 
 from cl.approaches.regularization.regularizer import ImportanceRegularizer
+from cl.config.options import Choice, Int, options
 from cl.stats.importance import FisherOptions, fisher_diagonal
 from cl.models.network import TaskNetwork
 
 
+@options(fisher_estimator=Choice(("exact", "hat_legacy", "blip_legacy", "gem_legacy")), fisher_samples=Int(ge=1,
+         optional=True), fisher_batch_size=Int(ge=1))
 class FisherRegularizer(ImportanceRegularizer):
     """What EWC, online EWC and IMM-mode share: a Fisher estimated at the end of each task (the fisher_* knobs)."""
 
@@ -32,6 +37,7 @@ class FisherRegularizer(ImportanceRegularizer):
                                self.fisher_options)
 
 
+@options(fisher_merge=Choice(("none", "mean")))
 class EWC(FisherRegularizer):
     def __init__(self, net: TaskNetwork, lamb: float = 5000.0, fisher_merge: str = "none", **fisher_and_optimizer):
         super().__init__(net, lamb=lamb, **fisher_and_optimizer)

@@ -1,6 +1,8 @@
 """Mean-IMM, incremental moment matching (Lee et al., NeurIPS 2017), as in the HAT baseline code (joansj/hat
-src/approaches/imm_mean.py): task t trains from the merged model θ_{t−1} with L2-transfer, loss + λ·½‖θ − θ_{t−1}‖²,
-and at its end the model becomes the running uniform mean of the task models,
+src/approaches/imm_mean.py): task t trains from the merged model θ_{t−1} with L2-transfer, loss + λ·½‖θ − θ_{t−1}‖²
+(the pull acts at each step, a step toward θ_{t−1} before a plain SGD step, else its gradient added to p.grad:
+cl/approaches/regularization/regularizer.py), and at its end the model becomes the running uniform mean of the task
+models,
 
     θ_t ← (θ + t·θ_{t−1}) / (t + 1).
 

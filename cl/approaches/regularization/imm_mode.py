@@ -6,7 +6,8 @@ model, cl/approaches/regularization/imm_mean.py), but the merge weights each tas
 keeping θ where no task has Fisher information (F_{<t} + F_t = 0). The Fisher estimator and its knobs are EWC's.
 
 The HAT and BLIP baseline codes assign the merged value to a local name, so their merge changes nothing and the
-method is L2-transfer alone (reference quirk Q4). `merge_noop: true` reproduces that, for their published numbers.
+method is L2-transfer alone (docs/regularizers.md, imm_mode). `merge_noop: true` reproduces that, for their
+published numbers.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import torch
 from cl.approaches.regularization.ewc import FisherRegularizer
 from cl.approaches.regularization.imm_mean import IMMMean
 from cl.approaches.regularization.regularizer import ParamTensors
+from cl.config.options import Bool, options
 from cl.models.network import TaskNetwork
 
 
+@options(merge_noop=Bool())
 class IMMMode(IMMMean, FisherRegularizer):
     def __init__(self, net: TaskNetwork, lamb: float = 0.01, merge_noop: bool = False, **fisher_and_optimizer):
         super().__init__(net, lamb=lamb, **fisher_and_optimizer)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
+from cl.config.options import Choice, Float, Int, options
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
@@ -79,6 +80,8 @@ class FrozenCopy(nn.Module):
         return self.net.trunk(x)
 
 
+@options(lamb=Float(ge=0), T=Float(gt=0), warmup_epochs=Int(ge=0), eps=Float(ge=0, lt=1),
+         variant=Choice(("paper", "gem")))
 class LwF(ContinualApproach):
     def __init__(self, net: TaskNetwork, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  batch_size: int = 64, eval_batch_size: int = 1000, name: str | None = None, lamb: float = 1.0,

@@ -4,8 +4,10 @@ output moves with it, measured without labels,
     Ω = (1/N) Σ_k | ∂‖F(x_k)‖₂² / ∂θ |,
 
 F being the logits of the current task's head (the shared head with model.head=shared), on the task's training
-inputs, in eval mode. While training later tasks the loss gets λ·Σ_i Ω_i (θ_i − θ*_i)² (no ½; λ = 1 in the paper),
-θ* being the parameters at the end of the last task. Ω and θ* are keyed by parameter name (the re-implementation
+inputs, in eval mode. While training later tasks the objective gets λ·Σ_i Ω_i (θ_i − θ*_i)² (no ½; λ = 1 in the
+paper), θ* being the parameters at the end of the last task; it acts at each step as
+cl/approaches/regularization/regularizer.py describes (a step toward θ* before a plain SGD step, else its gradient
+added to p.grad, the original code's "local gradient"). Ω and θ* are keyed by parameter name (the re-implementation
 keys them by Parameter object and loses the penalty from task 2 on: its bug M1).
 
 The original code's variants (docs/regularizers.md): `norm` (l2, l1, or vector = Σ_j |∂F_j/∂θ|),
@@ -18,10 +20,13 @@ from __future__ import annotations
 import torch
 
 from cl.approaches.regularization.regularizer import ImportanceRegularizer
+from cl.config.options import Bool, Choice, Int, options
 from cl.stats.importance import mas_omega
 from cl.models.network import TaskNetwork
 
 
+@options(norm=Choice(("l2", "l1", "vector")), omega_per_sample=Bool(), omega_batch_size=Int(ge=1),
+         omega_samples=Int(ge=1, optional=True), accumulate=Choice(("sum", "sequence")))
 class MAS(ImportanceRegularizer):
     def __init__(self, net: TaskNetwork, lamb: float = 1.0, norm: str = "l2", omega_per_sample: bool = True,
                  omega_batch_size: int = 200, omega_samples: int | None = None, accumulate: str = "sum", **optimizer):

@@ -19,7 +19,8 @@ Which activations, exactly (cl.stats.per_sample.hebbian_sums):
 - biases connect a constant input 1: Ω_bias_i = mean |y_i|;
 - BatchNorm's weight connects each normalized input x̂_c to its output, channel by channel: Ω = mean |x̂_c·y_c|.
 
-As in MAS, Ω ← Ω + Ω_new on each task's training inputs (eval mode) and the penalty is λ·Σ Ω (θ − θ*)².
+As in MAS, Ω ← Ω + Ω_new on each task's training inputs (eval mode) and the penalty is λ·Σ Ω (θ − θ*)², applied at
+each step as cl/approaches/regularization/regularizer.py describes.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from cl.approaches.regularization.regularizer import ImportanceRegularizer
+from cl.config.options import Int, options
 from cl.errors import ConfigError
 from cl.stats.importance import hebbian_omega
 from cl.models.network import TaskNetwork
@@ -45,6 +47,7 @@ def followed_by_relu(root: nn.Module) -> set[str]:
     return fires
 
 
+@options(omega_batch_size=Int(ge=1), omega_samples=Int(ge=1, optional=True))
 class MASLocal(ImportanceRegularizer):
     def __init__(self, net: TaskNetwork, lamb: float = 1.0, omega_batch_size: int = 200,
                  omega_samples: int | None = None, **optimizer):

@@ -1,6 +1,6 @@
 """The shared mechanism of the importance-based regularizers (EWC, online EWC, SI, MAS, MAS-local, IMM): at the end of
 each task an approach stores anchors θ* and importances Ω of the shared parameters, and while it trains later tasks
-the loss gets
+the objective gets (applied at each step, see "Per step" below)
 
     penalty = scale · Σ_k Σ_i Ω_k,i · (θ_i − θ*_k,i)²
 
@@ -16,14 +16,23 @@ carry it and a freshly built approach loads it.
 
 Per step. Once per task the terms are folded into one quadratic,
     Σ_k Ω_k (θ − θ*_k)² = A (θ − θ̄)² + c,   A = Σ_k Ω_k,   θ̄ = Σ_k Ω_k θ*_k / A,   c = Σ_k Ω_k (θ̄ − θ*_k)²,
-so a step costs the same whatever the number of terms. The penalty's gradient 2·scale·A ⊙ (θ − θ̄) is added to p.grad
-in `on_before_optimizer_step`, in place: the "local gradient" of the original MAS code, mathematically the same as
-back-propagating the penalty (it is added before gradient clipping and the optimizer's momentum), without an
-autograd graph and without autograd summing two parameter-sized gradients into a fresh tensor. The training loss
-is the task loss; the penalty's value (`penalty()`) is logged once per epoch as train/penalty, because evaluating it
-every step costs more passes over the parameters than its gradient. Under DDP the hook runs after the all-reduce and
-every rank adds the same gradient, which equals all-reducing it. Code that steps an optimizer by hand calls
-`on_before_optimizer_step` before `optimizer.step()`, as Lightning does.
+so a step costs the same whatever the number of terms. The penalty is not back-propagated (no autograd graph): its
+gradient 2·scale·A ⊙ (θ − θ̄) acts in `on_before_optimizer_step`, after backward, in one of two ways.
+- Plain SGD (one torch.optim.SGD group without momentum, weight decay or maximize, no gradient clipping, no loss
+  scaler: the approaches' default): the penalty's share of the step is taken on θ directly, θ ← θ − lr·2·scale·A ⊙
+  (θ − θ̄), one lerp pass toward θ̄ (`FoldedQuadratic.step_toward_anchor`); p.grad keeps the task gradient, and the
+  optimizer's step on it completes the SGD step on the task gradient plus the penalty's, both taken at θ before the
+  step.
+- Otherwise (momentum, weight decay, clipping, a loss scaler, another optimizer), and always for SI, which reads the
+  step's update from p.grad (`direct_penalty_step = False`): the penalty's gradient is added to p.grad in place
+  (`FoldedQuadratic.add_gradient`, two foreach passes), before gradient clipping and the optimizer's momentum: the
+  "local gradient" of the original MAS code, mathematically the same as back-propagating the penalty.
+The training loss is the task loss; the penalty's value (`penalty()`) is logged once per epoch as train/penalty,
+because evaluating it every step costs more passes over the parameters than its gradient. Under DDP the hook runs
+after the all-reduce and every rank applies the same penalty, which equals all-reducing its gradient. Code that steps
+an optimizer by hand calls `on_before_optimizer_step` before `optimizer.step()`, as Lightning does: the replay
+approaches' `sgd_step` through `ContinualApproach.call_before_optimizer_step_hooks`, so a replay approach with a
+penalty mixed in keeps it (tests/test_hooks.py).
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.approaches.base import ContinualApproach
+from cl.config.options import Float, options
 from cl.errors import ConfigError
 from cl.stats.importance import owning_modules
 from cl.models.network import TaskNetwork
@@ -104,8 +114,9 @@ class QuadraticTerms(nn.ModuleList):
 
 class FoldedQuadratic:
     """The terms folded into scale·(Σ A (θ − θ̄)² + c) for one task (transient: rebuilt from the buffers). A step
-    only adds the gradient, 2·scale·A ⊙ θ − 2·scale·A ⊙ θ̄, to p.grad: two fused foreach passes with both factors
-    kept per parameter (with a uniform Ω, IMM's L2-transfer: 2·scale·θ − 2·scale·θ̄). Every parameter-sized pass
+    applies the gradient 2·scale·A ⊙ θ − 2·scale·A ⊙ θ̄ (with a uniform Ω, IMM's L2-transfer: 2·scale·θ − 2·scale·θ̄)
+    either as the penalty's share of a plain SGD step on θ (`step_toward_anchor`, one lerp pass) or into p.grad
+    (`add_gradient`, two fused foreach passes with both factors kept per parameter). Every parameter-sized pass
     costs a few percent of an SGD step of a small MLP on CPU, so the value is computed only when asked for."""
 
     def __init__(self, params: list[torch.Tensor], terms: list[QuadraticTerm], scale: float):
@@ -187,6 +198,7 @@ def _weighted_square_sum(weights: list[torch.Tensor], values: list[torch.Tensor]
     return torch.stack(torch._foreach_norm(values, 1)).sum()
 
 
+@options(lamb=Float(ge=0))
 class ImportanceRegularizer(ContinualApproach):
     """Base of the importance × squared-distance regularizers. A subclass gives `penalty_scale` and `consolidate(t)`
     (the end of task t: estimate importances, update the terms and anchors); this class keeps the terms, folds them
@@ -260,12 +272,14 @@ class ImportanceRegularizer(ContinualApproach):
         return 0.0 if folded is None else folded.value()
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(x, task), y)  # the task loss; the penalty acts through its gradient
+        return F.cross_entropy(self(x, task), y)  # the task loss; the penalty acts in on_before_optimizer_step
 
     # False where a subclass needs the penalty's gradient in p.grad (SI reads the update from it)
     direct_penalty_step = True
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """The penalty's share of the coming step (see the module): before a plain SGD step θ steps toward the
+        anchor directly; otherwise the penalty's gradient joins p.grad."""
         folded = self.folded()
         if folded is None:
             return

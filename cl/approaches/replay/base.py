@@ -23,23 +23,21 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.base import ContinualApproach
+from cl.config.options import Bool, Choice, Float, Int, options
 from cl.run.distributed import average_gradients, gather_from_ranks, same_on_every_rank, world_size
-from cl.errors import ConfigError, TrainingError
+from cl.errors import TrainingError
 from cl.approaches.replay.memory import POLICIES, EpisodicMemory
 from cl.models.network import TaskNetwork
 from data.tensor_loader import BatchSource
 
 
+@options(n_memories=Int(ge=1), memory_policy=Choice(POLICIES), replay_batch_size=Int(ge=1),
+         inner_steps=Int(ge=1), chunk_batches=Int(ge=1), seed=Int(ge=0))
 class ReplayApproach(ContinualApproach):
     def __init__(self, net: TaskNetwork, n_memories: int = 256, memory_policy: str = "ring",
                  replay_batch_size: int = 10, inner_steps: int = 1, chunk_batches: int = 50, seed: int = 0,
                  **optimizer):
         super().__init__(net, **optimizer)
-        if n_memories <= 0:
-            raise ConfigError(f"approach.n_memories={n_memories}: {self.name} needs a memory of at least 1 sample "
-                              f"per task")
-        if memory_policy not in POLICIES:
-            raise ConfigError(f"approach.memory_policy={memory_policy!r} is not one of {POLICIES}")
         self.automatic_optimization = False
         self.n_memories, self.memory_policy = n_memories, memory_policy
         self.replay_batch_size, self.inner_steps = replay_batch_size, inner_steps
@@ -86,7 +84,8 @@ class ReplayApproach(ContinualApproach):
 
     def sgd_step(self, loss: torch.Tensor, zero_grad: bool = True, adjust: Callable[[], None] | None = None) -> None:
         """One optimizer step on `loss` (gradients accumulate onto what is there when `zero_grad` is false);
-        `adjust` may rewrite the gradients between the backward pass and the step (A-GEM, GEM)."""
+        `adjust` may rewrite the gradients between the backward pass and the step (A-GEM, GEM). The hooks Lightning
+        runs around a step run here too, as there (a regularizer's penalty mixed into a replay approach acts)."""
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,6 +94,7 @@ class ReplayApproach(ContinualApproach):
         if adjust is not None:
             adjust()
         self.step_progress.increment_ready()
+        self.call_before_optimizer_step_hooks(self.optimizer)
         self.optimizer.step()
         self.step_progress.increment_completed()
         self.on_after_optimizer_step()
@@ -144,6 +144,7 @@ class ReplayApproach(ContinualApproach):
         return {"memory_samples": sum(self.memory.filled), "memory_policy": self.memory_policy}
 
 
+@options(beta=Float(gt=0, le=1), adapt=Bool(), adapt_lr=Float(gt=0), interpolate_buffers=Bool())
 class MetaReplay(ReplayApproach):
     """Replay with Reptile-style interpolation θ ← θ₀ + β(θ − θ₀) after each batch's inner steps (BCL, FTML), and
     their test-time adaptation (`adapt`): each seen task is evaluated with a copy of the network after `inner_steps`

@@ -24,17 +24,16 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.replay.bcl_single import BCLSingle
+from cl.config.options import Bool, Float, Int, options
 from cl.run.distributed import gather_from_ranks, rank, world_size
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 
 
+@options(n_val=Float(gt=0, lt=1), n_meta=Int(ge=1), accumulate_inner_grads=Bool(), fill_with_first_sample=Bool())
 class BCLDual(BCLSingle):
     def __init__(self, net: TaskNetwork, n_val: float = 0.2, n_meta: int = 2, accumulate_inner_grads: bool = False,
                  fill_with_first_sample: bool = False, **kwargs):
-        if not 0 < n_val < 1:
-            raise ConfigError(f"approach.n_val={n_val} must be a fraction in (0, 1): the share of each task's memory "
-                              f"held out for the outer step")
         super().__init__(net, **kwargs)
         self.n_val, self.n_meta, self.accumulate_inner_grads = n_val, n_meta, accumulate_inner_grads
         self.fill_with_first_sample = fill_with_first_sample
@@ -58,7 +57,7 @@ class BCLDual(BCLSingle):
             self.eval_memory.add(t, *held_out)
             evicted = None  # the code trains on no copy in the task's first batch
         else:
-            evicted = self.eval_memory.add(t, *held_out)
+            evicted = self.eval_memory.add(t, *held_out).evicted
         x, y = x[1:], y[1:]
         if evicted is not None:  # what this rank's sample pushed out joins its training batch
             x, y = torch.cat([x, evicted[0][rank()::world_size()]]), torch.cat([y, evicted[1][rank()::world_size()]])

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.replay.base import MetaReplay
+from cl.config.options import Bool, Float, options
+from cl.models.modes import in_mode
 from cl.models.network import TaskNetwork
 
 
@@ -28,6 +30,7 @@ def distillation_kl(logits: torch.Tensor, soft_targets: torch.Tensor, T: float) 
     return (torch.xlogy(soft_targets, soft_targets) - soft_targets * log_q).sum() / soft_targets.numel()
 
 
+@options(temperature=Float(gt=0), memory_strength=Float(ge=0), soft_targets_train_mode=Bool())
 class BCLSingle(MetaReplay):
     def __init__(self, net: TaskNetwork, temperature: float = 5.0, memory_strength: float = 100.0,
                  soft_targets_train_mode: bool = False, **kwargs):
@@ -66,9 +69,6 @@ class BCLSingle(MetaReplay):
         super().on_train_end()
         t = self.task_id
         x, _ = self.memory.task(t)
-        was_training = self.training
-        self.train(self.soft_targets_train_mode)
-        with torch.no_grad():
+        with in_mode(self, self.soft_targets_train_mode), torch.no_grad():
             logits = self(x, t)
-        self.train(was_training)
         self.soft_targets[t, :len(x), :logits.shape[1]] = F.softmax(logits / self.temperature, dim=1)

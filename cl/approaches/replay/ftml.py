@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.replay.base import MetaReplay
+from cl.config.options import Int, options
 from cl.run.distributed import gather_from_ranks
 from cl.models.network import TaskNetwork
 
 
+@options(n_meta=Int(ge=1))
 class FTML(MetaReplay):
     def __init__(self, net: TaskNetwork, n_meta: int = 1, **kwargs):
         super().__init__(net, **kwargs)

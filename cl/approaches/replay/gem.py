@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from cl.approaches.replay.base import ReplayApproach
+from cl.config.options import Bool, Float, options
 from cl.errors import ConfigError
 from cl.models.network import TaskNetwork
 
@@ -43,6 +44,7 @@ def project_to_cone(g: torch.Tensor, G: torch.Tensor, margin: float) -> torch.Te
     return v @ G + g
 
 
+@options(memory_strength=Float(ge=0), update_bn_on_memory=Bool())
 class GEM(ReplayApproach):
     def __init__(self, net: TaskNetwork, memory_strength: float = 0.5, update_bn_on_memory: bool = True, **kwargs):
         super().__init__(net, **kwargs)

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from cl.approaches.replay.base import ReplayApproach
+from cl.config.options import Float, options
 from cl.errors import ConfigError
+from cl.models.modes import evaluating
 from cl.approaches.replay.memory import EpisodicMemory
 from cl.models.network import TaskNetwork
 
@@ -38,6 +40,7 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.long, device=features.device)
 
 
+@options(memory_strength=Float(ge=0))
 class ICaRL(ReplayApproach):
     def __init__(self, net: TaskNetwork, memory_strength: float = 1.0, **kwargs):
         super().__init__(net, **kwargs)
@@ -104,24 +107,22 @@ class ICaRL(ReplayApproach):
     def on_train_end(self):
         super().on_train_end()
         t, mem = self.task_id, self.memory
-        was_training = self.training
-        self.eval()
-        first, end = self.task_first_group[t], self.task_first_group[t + 1]
-        m = self.n_memories // end
-        for g in range(first):
-            mem.truncate(g, m)
-        source = self.task_source
-        features = torch.cat([self.features(x) for x, _, _ in source.batches(self.hparams.eval_batch_size)])
-        for g in range(first, end):
-            rows = (source.y == self.group_class[g]).nonzero().flatten()
-            chosen = rows[herding(features[rows], min(m, mem.per_task))]
-            mem.store(g, source.inputs(chosen), source.y[chosen])
-        for g in range(end):
-            ex, _ = mem.task(g)
-            self.exemplar_logits[g, :len(ex)] = self(ex, 0)
-            self.class_means[g] = F.normalize(self.features(ex).mean(0), dim=0)
-        self.groups_done.fill_(end)
-        self.train(was_training)
+        with evaluating(self):
+            first, end = self.task_first_group[t], self.task_first_group[t + 1]
+            m = self.n_memories // end
+            for g in range(first):
+                mem.truncate(g, m)
+            source = self.task_source
+            features = torch.cat([self.features(x) for x, _, _ in source.batches(self.hparams.eval_batch_size)])
+            for g in range(first, end):
+                rows = (source.y == self.group_class[g]).nonzero().flatten()
+                chosen = rows[herding(features[rows], min(m, mem.per_task))]
+                mem.store(g, source.inputs(chosen), source.y[chosen])
+            for g in range(end):
+                ex, _ = mem.task(g)
+                self.exemplar_logits[g, :len(ex)] = self(ex, 0)
+                self.class_means[g] = F.normalize(self.features(ex).mean(0), dim=0)
+            self.groups_done.fill_(end)
 
     # --- prediction: nearest mean of exemplars ----------------------------------------------------------------------------
     def predict(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,18 @@ ones), compactly as the uint8 pixels (the normalization is undone exactly and re
 replay draw). The slots are registered buffers
 and the fill counters extra state, so checkpoints carry the memory and a resumed run continues it bit for bit.
 Reservoir draws come from a hash of (seed, task, sample number), not from a generator: the same on every rank and
-after a resume, whatever else drew random numbers in between."""
+after a resume, whatever else drew random numbers in between.
+
+Named extra fields per slot (`extra={"logits": (10,)}`: a float32 buffer `memory.logits` of shape
+(groups, per_task, 10), checkpointed like x and y) are written with the samples (`add(t, x, y, logits=z)`: every
+field, each value shaped (len(y), *shape)) and drawn with them (`sample(...).extra["logits"]`). `add` returns the
+slots it wrote (and, for BCL, what a full ring evicted); it draws no random numbers, nor does a field change any
+draw."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -37,13 +44,25 @@ class Replay(NamedTuple):
     y: torch.Tensor
     task: torch.Tensor  # each sample's task
     slot: torch.Tensor  # and its slot in that task's memory
+    extra: Mapping[str, torch.Tensor] = MappingProxyType({})  # the memory's extra fields of each sample, by name
+
+
+class Added(NamedTuple):
+    """What one `add` did: batch row rows[i] now sits in slot slots[i] of the task's memory (rows a reservoir skipped
+    or replaced by a later row of the batch, and a ring's rows before the batch's last per_task, are in neither);
+    `evicted` is what a full ring pushed out to make room, as (x, y) model inputs and labels (BCL trains on it),
+    else None."""
+    slots: torch.Tensor
+    rows: torch.Tensor
+    evicted: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class EpisodicMemory(nn.Module):
     def __init__(self, stream: Stream, per_task: int, policy: str = "ring", seed: int = 0,
-                 group_tasks: list[int] | None = None, max_float_bytes: int = 64 << 20):
+                 group_tasks: list[int] | None = None, max_float_bytes: int = 64 << 20,
+                 extra: Mapping[str, Sequence[int]] | None = None):
         """One group of `per_task` slots per task; or, with `group_tasks`, one group per entry, holding samples of
-        that task (iCaRL keeps one group per class)."""
+        that task (iCaRL keeps one group per class). `extra`: named float32 fields stored per slot, by shape."""
         super().__init__()
         self.per_task, self.policy, self.seed = per_task, policy, seed
         group_tasks = list(range(len(stream))) if group_tasks is None else group_tasks
@@ -59,6 +78,11 @@ class EpisodicMemory(nn.Module):
         shape = (self.n_tasks, per_task, *stream.input_shape)
         self.register_buffer("x", torch.zeros(shape, dtype=torch.uint8 if self.as_uint8 else torch.float32))
         self.register_buffer("y", torch.zeros(self.n_tasks, per_task, dtype=torch.long))
+        self.extra_names: tuple[str, ...] = tuple(extra or ())
+        for name, field_shape in (extra or {}).items():
+            if not name.isidentifier() or hasattr(self, name):
+                raise ValueError(f"EpisodicMemory: {name!r} cannot name an extra field (not an identifier, or taken)")
+            self.register_buffer(name, torch.zeros(self.n_tasks, per_task, *field_shape))
         self.filled = [0] * self.n_tasks  # slots in use per task (host-side: no device sync to read them)
         self.seen = [0] * self.n_tasks  # samples of the task offered so far
 
@@ -91,17 +115,20 @@ class EpisodicMemory(nn.Module):
         return self._stats[key]
 
     # --- writing ------------------------------------------------------------------------------------------------
-    def add(self, t: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Offer a batch of task t. Returns what a full ring evicted to make room (BCL trains on it), else None."""
+    def add(self, t: int, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> Added:
+        """Offer a batch of task t, with a value for every extra field (`name=tensor` of shape (len(y), *shape)).
+        Returns the slots written and the rows that went there, and what a full ring evicted to make room."""
+        extra = self._extra_values(extra, len(y))
         n, M = len(y), self.per_task
         start = self.seen[t]
         self.seen[t] += n
         stored = self.encode(t, x)
         if self.policy == "reservoir":
-            self._add_reservoir(t, start, stored, y)
-            return None
+            return self._add_reservoir(t, start, stored, y, extra)
+        skipped = max(0, n - M)
         if n > M:  # only the last M of the batch survive a ring
             stored, y, start, n = stored[-M:], y[-M:], start + n - M, M
+            extra = {name: v[-M:] for name, v in extra.items()}
         first = start % M
         # slot ranges, not index tensors: a ring write is one or two slice copies
         spans = [(first, min(first + n, M), 0)] + ([(0, first + n - M, M - first)] if first + n > M else [])
@@ -112,10 +139,28 @@ class EpisodicMemory(nn.Module):
         for a, b, offset in spans:
             self.x[t, a:b] = stored[offset:offset + b - a]
             self.y[t, a:b] = y[offset:offset + b - a]
+            for name, v in extra.items():
+                getattr(self, name)[t, a:b] = v[offset:offset + b - a]
         self.filled[t] = min(M, self.filled[t] + n)
-        return evicted
+        rows = torch.arange(skipped, skipped + n, device=y.device)
+        return Added((rows - skipped + first) % M, rows, evicted)
 
-    def _add_reservoir(self, t: int, start: int, stored: torch.Tensor, y: torch.Tensor):
+    def _extra_values(self, given: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+        """The values of every extra field for n samples, as float32 on the memory's device."""
+        if set(given) != set(self.extra_names):
+            raise TypeError(f"EpisodicMemory: values given for {sorted(given)}, its extra fields are "
+                            f"{sorted(self.extra_names)}")
+        values = {}
+        for name, v in given.items():
+            buffer = getattr(self, name)
+            if tuple(v.shape) != (n, *buffer.shape[2:]):
+                raise ValueError(f"EpisodicMemory: {name} of shape {tuple(v.shape)} for {n} samples; expected "
+                                 f"{(n, *buffer.shape[2:])}")
+            values[name] = v.detach().to(buffer.device, buffer.dtype)
+        return values
+
+    def _add_reservoir(self, t: int, start: int, stored: torch.Tensor, y: torch.Tensor,
+                       extra: dict[str, torch.Tensor]) -> Added:
         M = self.per_task
         target = {}  # slot → position in the batch (a later sample drawn to the same slot replaces an earlier one)
         for i in range(len(y)):
@@ -123,24 +168,35 @@ class EpisodicMemory(nn.Module):
             slot = j if j < M else _mix(self.seed * 1_000_003 + t * 1_000_000_007 + j) % (j + 1)
             if slot < M:
                 target[slot] = i
+        slots = torch.tensor(list(target), dtype=torch.long, device=y.device)
+        rows = torch.tensor(list(target.values()), dtype=torch.long, device=y.device)
         if target:
-            slots = torch.tensor(list(target), device=y.device)
-            rows = torch.tensor(list(target.values()), device=y.device)
             self.x[t].index_copy_(0, slots, stored[rows])
             self.y[t].index_copy_(0, slots, y[rows])
+            for name, v in extra.items():
+                getattr(self, name)[t].index_copy_(0, slots, v[rows])
         self.filled[t] = min(M, start + len(y))
+        return Added(slots, rows)
 
-    def fill(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Copies of one sample (x[0], y[0]) in every slot of task t, all counted as held; the ring's next write still
-        goes to the slot it would have (BCL-Dual's code fills a task's memories so on its first batch)."""
+    def fill(self, t: int, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> None:
+        """Copies of one sample (x[0], y[0], and its extra fields) in every slot of task t, all counted as held; the
+        ring's next write still goes to the slot it would have (BCL-Dual's code fills a task's memories so on its
+        first batch)."""
+        extra = self._extra_values(extra, len(y))
         self.x[t] = self.encode(t, x[:1])[0]
         self.y[t] = y[0]
+        for name, v in extra.items():
+            getattr(self, name)[t] = v[0]
         self.filled[t] = self.per_task
 
-    def store(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Replace what group t holds with these samples, in this order (iCaRL's herding order)."""
+    def store(self, t: int, x: torch.Tensor, y: torch.Tensor, **extra: torch.Tensor) -> None:
+        """Replace what group t holds with these samples (and their extra fields), in this order (iCaRL's herding
+        order)."""
+        extra = self._extra_values(extra, len(y))
         self.x[t, :len(y)] = self.encode(t, x)
         self.y[t, :len(y)] = y
+        for name, v in extra.items():
+            getattr(self, name)[t, :len(y)] = v
         self.filled[t] = self.seen[t] = len(y)
 
     def truncate(self, t: int, n: int) -> None:
@@ -155,7 +211,7 @@ class EpisodicMemory(nn.Module):
 
     def sample(self, tasks: range, n: int) -> Replay | None:
         """min(n, held) samples drawn uniformly without replacement from the tasks in `tasks` (torch's global
-        generator, which the task loop seeds and checkpoints), with each sample's task and slot.
+        generator, which the task loop seeds and checkpoints), with each sample's task, slot and extra fields.
         None when those tasks hold nothing."""
         sizes = [self.filled[u] for u in tasks]
         total = sum(sizes)
@@ -173,12 +229,13 @@ class EpisodicMemory(nn.Module):
         flat = task_ids * self.per_task + slot  # one index_select on the flattened slots: cheaper than x[task, slot]
         y = self.y.view(-1).index_select(0, flat)
         stored = self.x.flatten(0, 1).index_select(0, flat)
+        extra = {name: getattr(self, name).flatten(0, 1).index_select(0, flat) for name in self.extra_names}
         if not self.as_uint8:
-            return Replay(stored, y, task_ids, slot)
+            return Replay(stored, y, task_ids, slot, extra)
         if self.same_normalization:
-            return Replay(self.decode(tasks.start, stored), y, task_ids, slot)
+            return Replay(self.decode(tasks.start, stored), y, task_ids, slot, extra)
         x = torch.empty(stored.shape, dtype=torch.float32, device=device)
         for u in task_ids.unique().tolist():  # tasks that normalize differently (e.g. a mixture of datasets)
             m = task_ids == u
             x[m] = self.decode(u, stored[m])
-        return Replay(x, y, task_ids, slot)
+        return Replay(x, y, task_ids, slot, extra)

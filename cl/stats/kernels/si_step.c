@@ -1,6 +1,7 @@
-/* SI's plain-SGD step in one pass over a parameter (cl/approaches/regularization/si.py): with U = g + G·(θ − θ̃), the task gradient
-   plus the penalty's gradient, the path integral gets lr·U² and the parameter takes the step θ − lr·U. θ, g, G, θ̃
-   and ω are read once and θ and ω written once, where torch's foreach ops need four passes (U into g, ω, the step).
+/* SI's plain-SGD step in one pass over a parameter (cl/approaches/regularization/si_fused.py): with U = g + G·(θ − θ̃),
+   the task gradient plus the penalty's gradient, the path integral gets lr·U² and the parameter takes the step
+   θ − lr·U. θ, g, G, θ̃ and ω are read once and θ and ω written once, where torch's foreach ops need four passes
+   (U into g, ω, the step).
    Built by cl/stats/kernels/__init__.py against the OpenMP runtime torch runs, so the loop uses torch's threads. */
 #include <stdint.h>
 
