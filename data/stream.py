@@ -151,8 +151,9 @@ def part_tasks(part: str, n_val_tasks: int, n_tasks: int) -> range:
     """The positions of the tasks that `stream.part` keeps out of a stream of `n_tasks` (BCL's -val/-cl protocol):
     `val` the first `n_val_tasks` (hyperparameter search), `cl` the others (the continual stream), `all` every
     task; so the val and cl parts of one seed never share a task."""
-    if not 0 <= n_val_tasks < n_tasks or (part == "val" and n_val_tasks == 0):
-        raise ConfigError(f"stream.n_val_tasks={n_val_tasks} must be in [0, {n_tasks}) (and >= 1 for part=val)")
+    if n_val_tasks >= n_tasks or (part == "val" and n_val_tasks == 0):  # its rule: >= 0
+        raise ConfigError(f"stream.n_val_tasks={n_val_tasks} must be below stream.n_tasks={n_tasks} (and >= 1 for "
+                          f"part=val)")
     return {"val": range(0, n_val_tasks), "cl": range(n_val_tasks, n_tasks), "all": range(0, n_tasks)}[part]
 
 
@@ -164,8 +165,6 @@ def split_valid(train: Split, pc_valid: float, valid_from_train: bool, generator
     sample trains (GEM's and BCL's protocols)."""
     if valid_from_train:
         return train, train
-    if not 0.0 <= pc_valid < 1.0:
-        raise ValueError(f"pc_valid must be in [0, 1), got {pc_valid}")
     if pc_valid == 0.0:
         return train, Split(train.x[:0], train.y[:0])
     perm = torch.randperm(len(train), generator=generator)
