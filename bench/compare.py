@@ -35,9 +35,14 @@ from cl.outputs.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.outputs.results import read_results  # noqa: E402
 from tests.conftest import SHARED_DATA, compose_config, config_options  # noqa: E402
 
-# the online replay approaches (batch 10, one epoch, memories) have their own protocols: bench/replay_results.py
-ONLINE_REPLAY = ("agem", "bcl_dual", "bcl_single", "er", "ftml", "gem", "icarl")
-APPROACHES = [a for a in config_options("approach") if a not in ONLINE_REPLAY]
+
+def keeps_a_memory(approach: str) -> bool:
+    """The replay approaches (an episodic memory: `n_memories`) run online protocols of their own
+    (bench/replay_results.py, bench/der.py), not this one."""
+    return "n_memories" in compose_config([f"approach={approach}"], ROOT / "outputs" / "unused").approach
+
+
+APPROACHES = [a for a in config_options("approach") if not keeps_a_memory(a)]
 STREAMS = {
     "mnist5": ["stream=mnist5", "trainer.max_epochs=3"],
     "pmnist (5 × 10k, shared head)": ["stream=pmnist", "stream.n_tasks=5", "stream.train_per_task=10000",
