@@ -13,26 +13,12 @@ from cl.approaches.replay.er import ER
 from cl.models.mlp import MLP
 from cl.models.network import TaskNetwork
 from data.device_stream import DeviceStream
-from data.stream import InputTransform, Split, Stream, Task
+from data.stream import Stream
+from tests.test_regularizers import conflicting_stream
 
 
 class ERWithEWC(ER, EWC):
     """ER whose steps also carry EWC's penalty: a composition no recipe uses, built for these tests."""
-
-
-def two_task_stream() -> Stream:
-    """Two tasks on the same kind of inputs with orthogonal labelling rules (one shared head)."""
-    g = torch.Generator().manual_seed(0)
-    u, v = torch.randn(10, generator=g), torch.randn(10, generator=g)
-    v -= (v @ u) / (u @ u) * u
-    tasks = []
-    for t, w in enumerate([u, v]):
-        splits = []
-        for n in (256, 32, 64):
-            x = torch.randn(n, 10, generator=g)
-            splits.append(Split(x, (x @ w > 0).long()))
-        tasks.append(Task(f"t{t}", [0, 1], *splits, transform=InputTransform()))
-    return Stream("two", tasks, (10,))
 
 
 def build(cls, stream: Stream, **kwargs):
@@ -57,7 +43,7 @@ class Steps:
 def test_a_replay_step_with_a_penalty_differs_from_plain_er_by_the_penalty_alone(momentum):
     """One sgd_step of ER+EWC from the same parameters as ER's: the parameters differ by exactly the penalty's share
     of the step, −lr·λ·F ⊙ (θ − θ*), whether it is taken toward the anchor (plain SGD) or through p.grad (momentum)."""
-    stream = two_task_stream()
+    stream = conflicting_stream((256, 32, 64))
     lr, lamb = 0.1, 50.0
     mixed = build(ERWithEWC, stream, lr=lr, momentum=momentum, lamb=lamb).double()
     plain = build(ER, stream, lr=lr, momentum=momentum).double()
@@ -100,7 +86,7 @@ def test_er_with_ewc_through_lightning_keeps_the_penalty(fit_task):
     """Two tasks through a real Trainer: task 1 of ER and of ER+EWC start from the same weights (no penalty in task
     0), and ER+EWC ends much nearer the anchor in the Fisher metric; its penalty acted at every step of task 1, and
     the callbacks' `on_before_optimizer_step` ran before each of the hand-written steps, as Lightning runs it."""
-    stream = two_task_stream()
+    stream = conflicting_stream((256, 32, 64))
     data = DeviceStream(stream, "cpu", shared_head=True)
     mixed = build(ERWithEWC, stream, lr=0.1, lamb=20.0, fisher_samples=128)
     plain = build(ER, stream, lr=0.1)

@@ -397,9 +397,9 @@ def test_imm_mode_merge_noop_keeps_the_last_model_and_imm_mean_averages():
 
 
 # --- through Lightning: a 2-task problem where plain SGD forgets ------------------------------------------------------
-def conflicting_stream() -> Stream:
+def conflicting_stream(sizes: tuple[int, int, int] = (512, 64, 256)) -> Stream:
     """Two tasks on the same inputs with orthogonal labelling rules, one shared head: learning task 2 overwrites
-    task 1 unless something holds the weights it needs."""
+    task 1 unless something holds the weights it needs. `sizes`: train, validation and test samples per task."""
     g = torch.Generator().manual_seed(0)
     u = torch.randn(10, generator=g)
     v = torch.randn(10, generator=g)
@@ -407,7 +407,7 @@ def conflicting_stream() -> Stream:
     tasks = []
     for t, w in enumerate([u, v]):
         splits = []
-        for n in (512, 64, 256):
+        for n in sizes:
             x = torch.randn(n, 10, generator=g)
             splits.append(Split(x, (x @ w > 0).long()))
         tasks.append(Task(f"t{t}", [0, 1], *splits, transform=InputTransform()))
