@@ -59,6 +59,16 @@ def same_experiment(saved: dict, current: dict) -> bool:
     return set(saved) <= set(current) and all(current[k] == v for k, v in saved.items())
 
 
+def parse_mnist_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments of a benchmark that trains on real MNIST (`--data-dir`): it stops with one line when the folder
+    holds none, and keeps Lightning's info lines out of its output."""
+    args = parser.parse_args()
+    if not (args.data_dir / "mnist").is_dir():
+        parser.error(f"no MNIST under {args.data_dir}/mnist: pass --data-dir <folder holding mnist/>")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    return args
+
+
 def run(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     """The run's results; a complete run of the same config already in run_dir is reused (an interrupted bench goes
     on where it stopped; delete --out to measure everything again)."""
@@ -156,10 +166,7 @@ def main():
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_compare")
     parser.add_argument("--part", choices=[*PARTS, "all"], default="all")
-    args = parser.parse_args()
-    if not (args.data_dir / "mnist").is_dir():
-        parser.error(f"no MNIST under {args.data_dir}/mnist: pass --data-dir <folder holding mnist/>")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    args = parse_mnist_args(parser)
     for part, body in PARTS.items():
         if args.part in (part, "all"):
             markdown = body(args.seeds, args.data_dir.resolve(), args.out)

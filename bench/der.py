@@ -21,14 +21,13 @@ Only the canonical run writes its section of docs/benchmarks.md (bench/report.py
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import run  # noqa: E402
+from bench.compare import parse_mnist_args, run  # noqa: E402
 from bench.report import publish  # noqa: E402
 from cl.errors import TrainingError  # noqa: E402
 from cl.outputs.report import markdown_tables, summarize  # noqa: E402
@@ -76,10 +75,7 @@ def main():
                         default=["gem_pmnist", "bcl_pmnist"], help="each publishes its own section when canonical")
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_der")
-    args = parser.parse_args()
-    if not (args.data_dir / "mnist").is_dir():
-        parser.error(f"no MNIST under {args.data_dir}/mnist: pass --data-dir <folder holding mnist/>")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    args = parse_mnist_args(parser)
     out = args.out / variant(parser, args)
     for protocol, (folder, overrides) in protocols(args.tasks, args.train_per_task).items():
         if folder not in args.protocols:

@@ -17,14 +17,13 @@ results.json's metrics (BWT and FWT as the GEM paper: ÷(T−1); FWT against the
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import run  # noqa: E402
+from bench.compare import parse_mnist_args, run  # noqa: E402
 from bench.report import publish  # noqa: E402
 from cl.outputs.report import collect, markdown_tables, summarize  # noqa: E402
 from cl.errors import TrainingError  # noqa: E402
@@ -70,10 +69,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_replay")
-    args = parser.parse_args()
-    if not (args.data_dir / "mnist").is_dir():
-        parser.error(f"no MNIST under {args.data_dir}/mnist: pass --data-dir <folder holding mnist/>")
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    args = parse_mnist_args(parser)
     sections = []
     for protocol, approaches in PROTOCOLS.items():
         protocol_dir = args.out / protocol.split()[0].lower() / protocol.split()[1]

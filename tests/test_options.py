@@ -73,10 +73,11 @@ def outside(rule) -> object:
 @pytest.mark.parametrize("selection", every_selection())
 def test_every_rule_rejects_a_value_outside_it_with_one_line(selection):
     base = composed(selection)
-    keys = [k for k in rules_of(base) if OmegaConf.select(base, k, default="<absent>") != "<absent>"]
+    rules = rules_of(base)
+    keys = [k for k in rules if OmegaConf.select(base, k, default="<absent>") != "<absent>"]
     assert keys
     for key in keys:
-        rule = rules_of(base)[key]
+        rule = rules[key]
         bad = outside(rule)
         assert rule.problem(bad) is not None
         cfg = base.copy()

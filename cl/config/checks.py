@@ -24,7 +24,6 @@ PIPELINE_STREAM_OPTIONS = ("use",)
 # run's: its saved value is used, and an override that would change it is an error.
 RESUME_ALLOWED = ("paths", "stream.download", "checkpoint_every_n_steps", "trainer.devices",
                   "callbacks.progress_bar.refresh_rate")
-_SIMPLE = (int, float, bool, str)
 
 
 def _options(target) -> tuple[list[str], bool]:
